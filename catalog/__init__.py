@@ -182,3 +182,10 @@ def parse_hf_config(cfg: dict, name: str = "custom", where: str = "config.json")
         return ModelArch(**fields)
     except ValidationError as e:
         raise CatalogError(f"{where}: field {_first_error(e)}") from None
+
+
+@lru_cache(maxsize=1)
+def runtime_constants() -> dict:
+    """Quantized-format sizes, runtime overheads and serving defaults (catalog/runtime.toml)."""
+    with open(DATA_DIR / "runtime.toml", "rb") as f:
+        return tomllib.load(f)
