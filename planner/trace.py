@@ -1,0 +1,452 @@
+"""Measured memory of one training step (or one serving prefill) of the real transformers model.
+
+The analytic model (planner/memory.py) is tested against these numbers. The model is built on the
+CPU under FakeTensorMode: tensors carry shapes, dtypes and storages but no data, so any batch and
+sequence costs no compute, while every op still allocates its outputs as it would on a GPU.
+A dispatch-mode tracker counts the bytes of each live untyped storage once, by category, from the
+op that creates it until Python frees it. What it cannot see: kernel workspaces (cuBLAS, flash
+attention scratch), allocator rounding and fragmentation, the CUDA context and communication
+buffers. Those belong to the analytic model's overhead term, not to this trace.
+
+A training trace measures a steady-state step: one warm-up step creates the optimizer state, its
+gradients are released (zero_grad(set_to_none=True)), and the next step is measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from contextlib import contextmanager
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from catalog.schema import ModelArch
+from planner.strategy import ALL_LINEAR, Strategy
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations")
+FUSED_LOSS_CHUNKS = 8
+NF4_BLOCK = 64          # bitsandbytes 4-bit quantization block (weights per absmax)
+NF4_NESTED_BLOCK = 256  # double quantization: absmax values per fp32 scale
+_LR = 1e-4
+
+
+class TraceUnsupported(ValueError):
+    """A strategy the single-process CPU trace cannot reproduce; the message is one line."""
+
+
+class TraceResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    layers: int
+    peak_bytes: int
+    peak_phase: str
+    by_category: dict[str, int]
+    phase_peaks: dict[str, int]
+    notes: list[str] = []
+
+
+# --- what the trace can reproduce -------------------------------------------------------------
+
+def _check_supported(strategy: Strategy) -> None:
+    s = strategy
+    distributed = [f"{k}={v}" for k, v in (("num_gpus", s.num_gpus), ("tp", s.tp), ("pp", s.pp), ("ep", s.ep),
+                                           ("zero", s.zero)) if v != (0 if k == "zero" else 1)]
+    if distributed:
+        raise TraceUnsupported(f"the trace runs one process; {', '.join(distributed)} needs a distributed run")
+    if s.offload:
+        raise TraceUnsupported("offload moves optimizer state to host memory; the trace has a single device")
+    if s.workload == "serve":
+        if s.weight_format != "bf16":
+            raise TraceUnsupported(f"serving with --weights {s.weight_format} is not traced (bf16 weights only)")
+        if s.kv_cache != "bf16":
+            raise TraceUnsupported(f"--kv-cache {s.kv_cache}: DynamicCache holds keys and values in bf16 only")
+        return
+    if s.workload == "qlora" and s.weight_format != "nf4":
+        raise TraceUnsupported(f"qlora with --weights {s.weight_format}: only the NF4 base is emulated")
+    if s.precision == "fp8-mixed":
+        raise TraceUnsupported("fp8-mixed needs Transformer Engine kernels, which do not run on the CPU")
+    if s.optimizer == "adamw-8bit":
+        raise TraceUnsupported("adamw-8bit needs the bitsandbytes CUDA optimizer; an emulation would only "
+                               "restate the analytic model's assumption")
+    if s.checkpointing == "selective":
+        raise TraceUnsupported("selective checkpointing is a Megatron feature; transformers only checkpoints "
+                               "whole layers")
+
+
+def hf_config_from_arch(arch: ModelArch, num_layers: int | None = None):
+    """The transformers config of `arch` (every architectural field), with `num_layers` decoder layers."""
+    import transformers
+
+    classes = {"qwen3": transformers.Qwen3Config, "qwen3_moe": transformers.Qwen3MoeConfig,
+               "qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig,
+               "mistral": transformers.MistralConfig}
+    if arch.family not in classes:
+        raise TraceUnsupported(f"{arch.name}: family {arch.family!r} has no transformers model to trace")
+    # Fields transformers hard-codes per family: refuse an arch that claims otherwise rather than
+    # trace a different model.
+    if not arch.gated_mlp or arch.norm_has_bias:
+        raise TraceUnsupported(f"{arch.name}: transformers' {arch.family} has a SwiGLU MLP and bias-free RMSNorm")
+    if arch.qk_norm != (arch.family in ("qwen3", "qwen3_moe")):
+        raise TraceUnsupported(f"{arch.name}: qk_norm={arch.qk_norm} contradicts transformers' {arch.family}")
+    if arch.qkv_bias != (arch.family == "qwen2"):
+        # Qwen2 always biases q, k, v; the others' attention_bias would also bias o_proj
+        raise TraceUnsupported(f"{arch.name}: qkv_bias={arch.qkv_bias} cannot be built with transformers' "
+                               f"{arch.family}")
+    fields = dict(
+        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+        num_hidden_layers=num_layers or arch.num_hidden_layers, num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        # Qwen2/Qwen3-MoE configs do not declare head_dim but their attention reads it when present
+        head_dim=arch.head_dim,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=arch.tie_word_embeddings)
+    if arch.family == "mistral":
+        fields["sliding_window"] = None  # the catalog has no window; a window would shrink the KV cache
+    if arch.is_moe:
+        fields.update(num_experts=arch.num_experts, num_experts_per_tok=arch.num_experts_per_tok,
+                      moe_intermediate_size=arch.moe_intermediate_size,
+                      decoder_sparse_step=arch.decoder_sparse_step, mlp_only_layers=list(arch.mlp_only_layers),
+                      norm_topk_prob=True)
+    return classes[arch.family](**fields)
+
+
+# --- the live-storage tracker -----------------------------------------------------------------
+
+@functools.cache
+def _live_bytes_mode():
+    """The tracker class (built lazily so that importing this module does not import torch)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LiveBytes(TorchDispatchMode):
+        """Bytes of live storages by category; the peak per phase and the split at the global peak.
+
+        Every op output's untyped storage is registered once (views and aliases share it) under the
+        phase's default category; `label` moves known tensors (parameters, gradients, optimizer
+        state) to their category. A weakref on the storage subtracts it when it is freed.
+        """
+
+        def __init__(self, categories=CATEGORIES):
+            super().__init__()
+            self.current = dict.fromkeys(categories, 0)
+            self.total = 0
+            self.ops: set[str] = set()
+            self._live: dict[int, list] = {}  # id(storage) -> [category, nbytes, weakref]
+            self._phase: str | None = None
+            self.reset()
+
+        def reset(self) -> None:
+            self.peak, self.peak_phase, self.peak_split = 0, "", dict(self.current)
+            self.phase_peaks: dict[str, int] = {}
+
+        def label(self, category: str, *tensors) -> None:
+            for t in tensors:
+                if t is not None:
+                    self._register(t, category, relabel=True)
+
+        @contextmanager
+        def phase(self, name: str):
+            self._phase = name
+            self._note_peak()  # a phase that allocates nothing still holds what is live
+            try:
+                yield
+            finally:
+                self._phase = None
+
+        def _register(self, t, category: str, relabel: bool) -> None:
+            st = t.untyped_storage()
+            key = id(st)
+            info = self._live.get(key)
+            if info is None:
+                # the weakref callback runs before the id can be reused by another storage
+                info = [category, 0, weakref.ref(st, lambda _, key=key: self._free(key))]
+                self._live[key] = info
+            elif relabel and info[0] != category:
+                self.current[info[0]] -= info[1]
+                self.current[category] += info[1]
+                info[0] = category
+            nbytes = st.nbytes()
+            if nbytes != info[1]:  # new, or resized in place (out= ops)
+                self.current[info[0]] += nbytes - info[1]
+                self.total += nbytes - info[1]
+                info[1] = nbytes
+
+        def _free(self, key: int) -> None:
+            category, nbytes, _ = self._live.pop(key)
+            self.current[category] -= nbytes
+            self.total -= nbytes
+
+        def _note_peak(self) -> None:
+            phase = self._phase
+            if self.total > self.phase_peaks.get(phase, -1):
+                self.phase_peaks[phase] = self.total
+            if self.total > self.peak:
+                self.peak, self.peak_phase, self.peak_split = self.total, phase, dict(self.current)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops.add(func.name())
+            category = "optimizer" if self._phase == "optimizer" else "activations"
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self._register(t, category, relabel=False)
+            if self._phase is not None:
+                self._note_peak()
+            return out
+
+    return LiveBytes
+
+
+# --- QLoRA: bitsandbytes NF4 storage, emulated -------------------------------------------------
+
+@functools.cache
+def _nf4_linear():
+    """A frozen linear layer stored and computed the way bitsandbytes Linear4bit does (lazy, as above)."""
+    import torch
+
+    class NF4Matmul(torch.autograd.Function):
+        """bitsandbytes MatMul4Bit: dequantize, matmul; saves no input (the weight is frozen) and
+        dequantizes again in backward for the input gradient."""
+
+        @staticmethod
+        def forward(ctx, x, layer):
+            ctx.layer = layer
+            return torch.nn.functional.linear(x, layer.dequantize().to(x.dtype))
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad @ ctx.layer.dequantize().to(grad.dtype), None
+
+    class NF4Linear(torch.nn.Module):
+        """NF4 codes packed two per uint8, a uint8 absmax per 64 weights and an fp32 scale per 256
+        absmax (double quantization): 4.127 bits per weight. The 16- and 256-entry code tables
+        (shared, under 1.1 KiB) are left out."""
+
+        def __init__(self, linear: torch.nn.Linear):
+            super().__init__()
+            n = linear.weight.numel()
+            blocks = math.ceil(n / NF4_BLOCK)
+            kw = dict(device=linear.weight.device)
+            self.register_buffer("packed", torch.empty((n + 1) // 2, dtype=torch.uint8, **kw))
+            self.register_buffer("absmax", torch.empty(blocks, dtype=torch.uint8, **kw))
+            self.register_buffer("absmax_scale", torch.empty(math.ceil(blocks / NF4_NESTED_BLOCK), **kw))
+            self.bias = linear.bias
+            self.weight_shape, self.compute_dtype = linear.weight.shape, linear.weight.dtype
+
+        def dequantize(self):
+            # bitsandbytes' dequantize kernel writes straight into its output, so only the output is
+            # allocated; its values do not matter on fake tensors.
+            return torch.empty(self.weight_shape, dtype=self.compute_dtype, device=self.packed.device)
+
+        def forward(self, x):
+            out = NF4Matmul.apply(x, self)
+            return out if self.bias is None else out + self.bias
+
+    return NF4Linear
+
+
+def _quantize_base(model) -> int:
+    """Replace the frozen decoder-layer projections (bare, or a LoRA layer's base_layer) by NF4Linear,
+    as transformers' bitsandbytes integration does (lm_head and embeddings stay as they are)."""
+    import torch
+
+    nf4_linear = _nf4_linear()
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            is_base = child_name in ALL_LINEAR or (child_name == "base_layer" and name.split(".")[-1] in ALL_LINEAR)
+            if is_base and type(child) is torch.nn.Linear:
+                setattr(module, child_name, nf4_linear(child))
+                replaced += 1
+    return replaced
+
+
+# --- the step --------------------------------------------------------------------------------
+
+def _build(config, strategy: Strategy, dtype):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation="sdpa" if strategy.attention == "flash" else "eager")
+
+
+def _add_lora(model, strategy: Strategy, notes: list[str]):
+    from peft import LoraConfig, get_peft_model
+
+    r = strategy.lora_rank
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(strategy.lora_targets),
+                        task_type="CAUSAL_LM")
+    # PEFT upcasts bf16 adapters to fp32 by default: that is bf16-mixed for LoRA (fp32 trainable
+    # weights, grads and states, no separate master copy). Pure bf16 keeps them bf16.
+    model = get_peft_model(model, config, autocast_adapter_dtype=strategy.precision != "bf16")
+    hit = {n.split(".")[-1] for n, _ in model.named_modules() if n.endswith(".lora_A")}
+    missed = sorted(set(strategy.lora_targets) - hit)
+    if missed:
+        notes.append(f"no LoRA on {','.join(missed)}: not nn.Linear modules in this model (fused MoE experts)")
+    return model
+
+
+def _chunked_cross_entropy(hidden, lm_head, labels):
+    """Fused/chunked loss: each chunk's logits and fp32 cross entropy live inside a checkpoint, so one
+    chunk's logits are alive at a time (torchtune CEWithChunkedOutputLoss, Liger)."""
+    import torch
+    from torch.nn.functional import cross_entropy, pad
+    from torch.utils.checkpoint import checkpoint
+
+    targets = pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t+1, as ForCausalLMLoss
+
+    def chunk_loss(h, t):
+        return cross_entropy(lm_head(h).float().flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum")
+
+    total = sum(checkpoint(chunk_loss, h, t, use_reentrant=False)
+                for h, t in zip(hidden.chunk(FUSED_LOSS_CHUNKS, dim=1), targets.chunk(FUSED_LOSS_CHUNKS, dim=1)))
+    return total / (targets != -100).sum().clamp(min=1)
+
+
+def _optimizer_step(strategy: Strategy, params: list, tracker) -> Callable[[], None]:
+    """The optimizer phase as one callable: step, then release (or zero) the gradients."""
+    import torch
+
+    def make(group):
+        if strategy.optimizer == "sgd":
+            return torch.optim.SGD(group, lr=_LR, momentum=0.0, foreach=True)
+        # foreach is the GPU default; its step allocates temporaries the size of the parameter group
+        return torch.optim.AdamW(group, lr=_LR, foreach=True)
+
+    trainable_bf16 = params and params[0].dtype == torch.bfloat16
+    if not (strategy.precision == "bf16-mixed" and trainable_bf16):
+        optimizer = make(params)
+
+        def step():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    # Megatron-style bf16-mixed: an fp32 master per bf16 parameter (optimizer state) and a persistent
+    # fp32 main_grad (gradient) that each bf16 grad is accumulated into as soon as it is produced.
+    masters = [p.detach().float() for p in params]
+    main_grads = [torch.zeros_like(m) for m in masters]
+    for m, g in zip(masters, main_grads):
+        m.grad = g
+    tracker.label("optimizer", *masters)
+    tracker.label("gradients", *main_grads)
+
+    def accumulate(main_grad, p):
+        main_grad.add_(p.grad)  # in-place, type-promoting: no fp32 copy of the bf16 grad
+        p.grad = None
+
+    for p, g in zip(params, main_grads):
+        p.register_post_accumulate_grad_hook(functools.partial(accumulate, g))
+    optimizer = make(masters)
+
+    @torch.no_grad()
+    def step():
+        optimizer.step()
+        torch._foreach_copy_(params, masters)  # masters -> bf16 weights, cast in place
+        torch._foreach_zero_(main_grads)
+    return step
+
+
+def _attention_note(ops: set[str]) -> str:
+    sdpa = sorted(op.removeprefix("aten::") for op in ops if "scaled_dot_product" in op and "backward" not in op)
+    if sdpa:
+        return f"attention kernel: {', '.join(sdpa)}"
+    return "attention: eager (matmul + fp32 softmax, s x s scores materialized)"
+
+
+def _train(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
+    import torch
+
+    s = strategy
+    dtype = torch.float32 if s.precision in ("fp32", "amp") else torch.bfloat16
+    model = _build(config, s, dtype)
+    model.train()
+    if s.checkpointing == "full":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if s.is_peft:
+        model = _add_lora(model, s, notes)
+        if s.checkpointing == "full":
+            # what transformers/PEFT do for a frozen base; harmless with non-reentrant checkpointing
+            model.enable_input_require_grads()
+    if s.workload == "qlora":
+        notes.append(f"qlora: {_quantize_base(model)} projections emulate bitsandbytes NF4 with double "
+                     f"quantization (uint8 codes + absmax, dequantized to {str(dtype)[6:]} transiently)")
+    causal_lm = model.get_base_model() if s.is_peft else model
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    tracker.label("weights", *model.parameters(), *model.buffers())
+    for p in params:
+        # registered before the bf16-mixed hook, which then moves the grad into main_grad
+        p.register_post_accumulate_grad_hook(lambda p: tracker.label("gradients", p.grad))
+    optimizer_step = _optimizer_step(s, params, tracker)
+    if s.precision == "bf16-mixed" and params[0].dtype == torch.bfloat16:
+        notes.append("bf16-mixed: fp32 masters (optimizer) + fp32 main_grad buffers (gradients), Megatron style")
+    if s.precision == "amp":
+        notes.append("amp: bf16 weight copies cached by autocast during forward count as activations")
+
+    ids = torch.randint(0, arch.vocab_size, (s.micro_batch, s.seq_len))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.precision == "amp")
+
+    def forward():
+        with autocast:
+            if s.loss == "unfused":
+                # only the loss survives; HF's ForCausalLMLoss upcasts the logits to fp32
+                return model(input_ids=ids, labels=ids).loss
+            hidden = causal_lm.get_decoder()(input_ids=ids).last_hidden_state
+            return _chunked_cross_entropy(hidden, causal_lm.get_output_embeddings(), ids)
+
+    def step():
+        for _ in range(s.grad_accum):
+            with tracker.phase("forward"):
+                loss = forward()
+            with tracker.phase("backward"):
+                loss.backward()
+                del loss
+        with tracker.phase("optimizer"):
+            optimizer_step()
+
+    step()  # warm-up: creates the optimizer state
+    tracker.reset()
+    step()
+
+
+def _serve(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
+    import torch
+    from transformers import DynamicCache
+
+    s = strategy
+    model = _build(config, s, torch.bfloat16)
+    model.eval()
+    tracker.label("weights", *model.parameters(), *model.buffers())
+    cache = DynamicCache(config=config)
+    update = cache.update
+
+    def labelled_update(*args, **kwargs):
+        keys, values = update(*args, **kwargs)
+        tracker.label("kv_cache", keys, values)
+        return keys, values
+
+    cache.update = labelled_update
+    ids = torch.randint(0, arch.vocab_size, (s.concurrency, s.context))
+    with torch.no_grad(), tracker.phase("prefill"):
+        # one prefill of every sequence, logits of the last position only, as generate() does
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    notes.append("serve: one prefill forward of all sequences, DynamicCache in bf16")
+
+
+def trace(arch: ModelArch, strategy: Strategy, num_layers: int | None = None) -> TraceResult:
+    """Peak live bytes of a steady-state training step (or a serving prefill) of `arch` under `strategy`."""
+    _check_supported(strategy)
+    config = hf_config_from_arch(arch, num_layers)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    serve = strategy.workload == "serve"
+    categories = CATEGORIES + ("kv_cache",) if serve else CATEGORIES
+    notes: list[str] = []
+    with FakeTensorMode(), _live_bytes_mode()(categories) as tracker:
+        (_serve if serve else _train)(config, arch, strategy, tracker, notes)
+    notes.append(_attention_note(tracker.ops))
+    return TraceResult(layers=config.num_hidden_layers, peak_bytes=tracker.peak, peak_phase=tracker.peak_phase,
+                       by_category=tracker.peak_split, phase_peaks=tracker.phase_peaks, notes=notes)
