@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from catalog.schema import GpuSpec, ModelArch
 from planner.memory import MemoryBreakdown, estimate_memory
 from planner.params import count_params
-from planner.strategy import Strategy
+from planner.strategy import Strategy, check_against
 
 
 class ModelInfo(BaseModel):
@@ -40,5 +40,6 @@ def strategy_dict(s: Strategy) -> dict:
 
 
 def estimate(m: ModelArch, gpu: GpuSpec, s: Strategy) -> Estimate:
+    check_against(m, gpu, s)
     return Estimate(model=model_info(m), gpu=gpu.name, workload=s.workload, strategy=strategy_dict(s),
                     memory=estimate_memory(m, gpu, s))

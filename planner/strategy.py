@@ -110,3 +110,22 @@ class Strategy(BaseModel):
         if self.precision == "amp" and self.workload == "qlora":
             raise StrategyError("qlora keeps a quantized base; use --precision bf16 or bf16-mixed, not amp")
         return self
+
+
+def check_against(model, gpu, s: Strategy) -> None:
+    """Choices that contradict the model or the GPU; raises StrategyError with one line."""
+    heads, kv = model.num_attention_heads, model.num_key_value_heads
+    if heads % s.tp:
+        raise StrategyError(f"--tp {s.tp} does not divide the {heads} attention heads of {model.name}")
+    if kv % s.tp and s.tp % kv:
+        raise StrategyError(f"--tp {s.tp} neither divides nor is a multiple of the {kv} KV heads of {model.name}")
+    if s.pp > model.num_hidden_layers:
+        raise StrategyError(f"--pp {s.pp} exceeds the {model.num_hidden_layers} layers of {model.name}")
+    if s.ep > 1 and not model.is_moe:
+        raise StrategyError(f"--ep {s.ep} needs a mixture-of-experts model; {model.name} is dense")
+    if model.is_moe and model.num_experts % s.ep:
+        raise StrategyError(f"--ep {s.ep} does not divide the {model.num_experts} experts of {model.name}")
+    if gpu is not None and s.tp > gpu.gpus_per_node:
+        raise StrategyError(f"--tp {s.tp} must stay inside one node ({gpu.gpus_per_node} x {gpu.name})")
+    if gpu is not None and s.precision == "bf16" and s.is_training and gpu.bf16_tflops is None:
+        raise StrategyError(f"{gpu.name} has no bf16 support; use --precision fp32 or amp")
