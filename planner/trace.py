@@ -263,35 +263,80 @@ def _quantize_base(model) -> int:
     return replaced
 
 
-# --- the step --------------------------------------------------------------------------------
+# --- building the model ----------------------------------------------------------------------
 
-def _build(config, strategy: Strategy, dtype):
+def _build(config, strategy: Strategy, notes: list[str]):
+    """The model on the meta device, set up as the strategy says (checkpointing, LoRA, NF4 base).
+
+    Built on meta rather than under FakeTensorMode because PEFT moves adapters with module.to(),
+    which must swap fake parameters and cannot (FakeTensorMode holds weakrefs to them).
+    """
+    import torch
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_config(
-        config, dtype=dtype, attn_implementation="sdpa" if strategy.attention == "flash" else "eager")
+    s = strategy
+    dtype = torch.float32 if s.precision in ("fp32", "amp") and s.is_training else torch.bfloat16
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation="sdpa" if s.attention == "flash" else "eager")
+    if not s.is_training:
+        return model.eval()
+    model.train()
+    if s.checkpointing == "full":
+        # also makes the embedding output require grad, which a frozen-base LoRA needs
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if s.is_peft:
+        model = _add_lora(model, s, notes)
+    if s.workload == "qlora":
+        notes.append(f"qlora: {_quantize_base(model)} projections emulate bitsandbytes NF4 with double "
+                     f"quantization (packed uint8 + absmax), dequantized to {str(dtype)[6:]} transiently")
+    return model
 
 
 def _add_lora(model, strategy: Strategy, notes: list[str]):
     from peft import LoraConfig, get_peft_model
 
+    if model.config.model_type == "qwen3_moe" and strategy.workload == "qlora":
+        raise TraceUnsupported("qlora on MoE: how bitsandbytes stores fused 3-D expert weights is not emulated")
     r = strategy.lora_rank
     config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(strategy.lora_targets),
                         task_type="CAUSAL_LM")
     # PEFT upcasts bf16 adapters to fp32 by default: that is bf16-mixed for LoRA (fp32 trainable
     # weights, grads and states, no separate master copy). Pure bf16 keeps them bf16.
     model = get_peft_model(model, config, autocast_adapter_dtype=strategy.precision != "bf16")
-    hit = {n.split(".")[-1] for n, _ in model.named_modules() if n.endswith(".lora_A")}
+    hit = {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith(".lora_A")}
     missed = sorted(set(strategy.lora_targets) - hit)
     if missed:
-        notes.append(f"no LoRA on {','.join(missed)}: not nn.Linear modules in this model (fused MoE experts)")
+        notes.append(f"no LoRA on {','.join(missed)}: not nn.Linear modules here (fused MoE experts)")
     return model
 
+
+def _materialize(model) -> None:
+    """Meta parameters and buffers -> fake CPU tensors (FakeTensorMode is active); ties preserved.
+
+    CPU, not meta, so that ops pick the kernels they pick on a real device (e.g. SDPA's flash kernel).
+    """
+    import torch
+
+    memo: dict[int, tuple] = {}  # id(meta tensor) -> (meta tensor, kept alive so ids stay unique; fake)
+    for module in model.modules():
+        for slots in (module._parameters, module._buffers):
+            for name, t in slots.items():
+                if t is None:
+                    continue
+                if id(t) not in memo:
+                    fake = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+                    if isinstance(t, torch.nn.Parameter):
+                        fake = torch.nn.Parameter(fake, requires_grad=t.requires_grad)
+                    memo[id(t)] = (t, fake)
+                slots[name] = memo[id(t)][1]
+
+
+# --- the step --------------------------------------------------------------------------------
 
 def _chunked_cross_entropy(hidden, lm_head, labels):
     """Fused/chunked loss: each chunk's logits and fp32 cross entropy live inside a checkpoint, so one
     chunk's logits are alive at a time (torchtune CEWithChunkedOutputLoss, Liger)."""
-    import torch
     from torch.nn.functional import cross_entropy, pad
     from torch.utils.checkpoint import checkpoint
 
@@ -302,10 +347,10 @@ def _chunked_cross_entropy(hidden, lm_head, labels):
 
     total = sum(checkpoint(chunk_loss, h, t, use_reentrant=False)
                 for h, t in zip(hidden.chunk(FUSED_LOSS_CHUNKS, dim=1), targets.chunk(FUSED_LOSS_CHUNKS, dim=1)))
-    return total / (targets != -100).sum().clamp(min=1)
+    return total / (targets != -100).sum()
 
 
-def _optimizer_step(strategy: Strategy, params: list, tracker) -> Callable[[], None]:
+def _optimizer_step(strategy: Strategy, params: list, tracker, notes: list[str]) -> Callable[[], None]:
     """The optimizer phase as one callable: step, then release (or zero) the gradients."""
     import torch
 
@@ -315,8 +360,7 @@ def _optimizer_step(strategy: Strategy, params: list, tracker) -> Callable[[], N
         # foreach is the GPU default; its step allocates temporaries the size of the parameter group
         return torch.optim.AdamW(group, lr=_LR, foreach=True)
 
-    trainable_bf16 = params and params[0].dtype == torch.bfloat16
-    if not (strategy.precision == "bf16-mixed" and trainable_bf16):
+    if strategy.precision != "bf16-mixed" or params[0].dtype != torch.bfloat16:
         optimizer = make(params)
 
         def step():
@@ -326,6 +370,7 @@ def _optimizer_step(strategy: Strategy, params: list, tracker) -> Callable[[], N
 
     # Megatron-style bf16-mixed: an fp32 master per bf16 parameter (optimizer state) and a persistent
     # fp32 main_grad (gradient) that each bf16 grad is accumulated into as soon as it is produced.
+    notes.append("bf16-mixed: fp32 masters (optimizer) + fp32 main_grad buffers (gradients), Megatron style")
     masters = [p.detach().float() for p in params]
     main_grads = [torch.zeros_like(m) for m in masters]
     for m, g in zip(masters, main_grads):
@@ -349,48 +394,22 @@ def _optimizer_step(strategy: Strategy, params: list, tracker) -> Callable[[], N
     return step
 
 
-def _attention_note(ops: set[str]) -> str:
-    sdpa = sorted(op.removeprefix("aten::") for op in ops if "scaled_dot_product" in op and "backward" not in op)
-    if sdpa:
-        return f"attention kernel: {', '.join(sdpa)}"
-    return "attention: eager (matmul + fp32 softmax, s x s scores materialized)"
-
-
-def _train(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
+def _train(model, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
     import torch
 
     s = strategy
-    dtype = torch.float32 if s.precision in ("fp32", "amp") else torch.bfloat16
-    model = _build(config, s, dtype)
-    model.train()
-    if s.checkpointing == "full":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if s.is_peft:
-        model = _add_lora(model, s, notes)
-        if s.checkpointing == "full":
-            # what transformers/PEFT do for a frozen base; harmless with non-reentrant checkpointing
-            model.enable_input_require_grads()
-    if s.workload == "qlora":
-        notes.append(f"qlora: {_quantize_base(model)} projections emulate bitsandbytes NF4 with double "
-                     f"quantization (uint8 codes + absmax, dequantized to {str(dtype)[6:]} transiently)")
-    causal_lm = model.get_base_model() if s.is_peft else model
-
     params = [p for p in model.parameters() if p.requires_grad]
-    tracker.label("weights", *model.parameters(), *model.buffers())
     for p in params:
         # registered before the bf16-mixed hook, which then moves the grad into main_grad
         p.register_post_accumulate_grad_hook(lambda p: tracker.label("gradients", p.grad))
-    optimizer_step = _optimizer_step(s, params, tracker)
-    if s.precision == "bf16-mixed" and params[0].dtype == torch.bfloat16:
-        notes.append("bf16-mixed: fp32 masters (optimizer) + fp32 main_grad buffers (gradients), Megatron style")
+    optimizer_step = _optimizer_step(s, params, tracker, notes)
     if s.precision == "amp":
         notes.append("amp: bf16 weight copies cached by autocast during forward count as activations")
-
+    causal_lm = model.get_base_model() if s.is_peft else model
     ids = torch.randint(0, arch.vocab_size, (s.micro_batch, s.seq_len))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.precision == "amp")
 
     def forward():
-        with autocast:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.precision == "amp"):
             if s.loss == "unfused":
                 # only the loss survives; HF's ForCausalLMLoss upcasts the logits to fp32
                 return model(input_ids=ids, labels=ids).loss
@@ -412,15 +431,11 @@ def _train(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str
     step()
 
 
-def _serve(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
+def _serve(model, arch: ModelArch, strategy: Strategy, tracker, notes: list[str]) -> None:
     import torch
     from transformers import DynamicCache
 
-    s = strategy
-    model = _build(config, s, torch.bfloat16)
-    model.eval()
-    tracker.label("weights", *model.parameters(), *model.buffers())
-    cache = DynamicCache(config=config)
+    cache = DynamicCache(config=model.config)
     update = cache.update
 
     def labelled_update(*args, **kwargs):
@@ -429,11 +444,18 @@ def _serve(config, arch: ModelArch, strategy: Strategy, tracker, notes: list[str
         return keys, values
 
     cache.update = labelled_update
-    ids = torch.randint(0, arch.vocab_size, (s.concurrency, s.context))
+    ids = torch.randint(0, arch.vocab_size, (strategy.concurrency, strategy.context))
     with torch.no_grad(), tracker.phase("prefill"):
         # one prefill of every sequence, logits of the last position only, as generate() does
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     notes.append("serve: one prefill forward of all sequences, DynamicCache in bf16")
+
+
+def _attention_note(ops: set[str]) -> str:
+    sdpa = sorted(op.removeprefix("aten::") for op in ops if "scaled_dot_product" in op and "backward" not in op)
+    if sdpa:
+        return f"attention kernel: {', '.join(sdpa)}"
+    return "attention: eager (matmul + fp32 softmax, s x s scores materialized)"
 
 
 def trace(arch: ModelArch, strategy: Strategy, num_layers: int | None = None) -> TraceResult:
@@ -442,11 +464,13 @@ def trace(arch: ModelArch, strategy: Strategy, num_layers: int | None = None) ->
     config = hf_config_from_arch(arch, num_layers)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    serve = strategy.workload == "serve"
-    categories = CATEGORIES + ("kv_cache",) if serve else CATEGORIES
     notes: list[str] = []
-    with FakeTensorMode(), _live_bytes_mode()(categories) as tracker:
-        (_serve if serve else _train)(config, arch, strategy, tracker, notes)
+    model = _build(config, strategy, notes)
+    serve = strategy.workload == "serve"
+    with FakeTensorMode(), _live_bytes_mode()(CATEGORIES + ("kv_cache",) * serve) as tracker:
+        _materialize(model)
+        tracker.label("weights", *model.parameters(), *model.buffers())
+        (_serve if serve else _train)(model, arch, strategy, tracker, notes)
     notes.append(_attention_note(tracker.ops))
     return TraceResult(layers=config.num_hidden_layers, peak_bytes=tracker.peak, peak_phase=tracker.peak_phase,
                        by_category=tracker.peak_split, phase_peaks=tracker.phase_peaks, notes=notes)
