@@ -50,9 +50,8 @@ def gpuplan():
 def estimate(model, catalog_file, as_json, gpu, **flags):
     """Evaluate one fully specified configuration: per-GPU memory by term."""
     from planner.estimate import estimate as run_estimate
-    from rich.console import Console
 
-    from cli.render import memory_table, strategy_line
+    from cli.render import console, memory_table, strategy_line
 
     cat = _catalog(catalog_file)
     arch, spec = cat.model(model), cat.gpu(gpu)
@@ -60,11 +59,11 @@ def estimate(model, catalog_file, as_json, gpu, **flags):
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
-    console = Console()
-    console.print(f"[bold]{arch.name}[/bold] on {spec.display}: {result.model.params_total:,} parameters "
+    out = console()
+    out.print(f"[bold]{arch.name}[/bold] on {spec.display}: {result.model.params_total:,} parameters "
                   f"({result.model.params_active:,} active)")
-    console.print(strategy_line(result.strategy))
-    console.print(memory_table(result.memory))
+    out.print(strategy_line(result.strategy))
+    out.print(memory_table(result.memory))
 
 
 @gpuplan.command()
@@ -97,10 +96,9 @@ def trace(model, catalog_file, as_json, layers, **flags):
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    from cli.render import gib
+    from cli.render import console, gib
     table = Table(title=f"{arch.name} ({measured.layers} layers): traced vs estimated, GiB per GPU")
     for col in ("term", "trace", "estimate"):
         table.add_column(col, justify="right" if col != "term" else "left")
@@ -109,7 +107,7 @@ def trace(model, catalog_file, as_json, layers, **flags):
     table.add_row("allocated", gib(measured.peak_bytes), gib(predicted.allocated))
     table.caption = (f"peak phase: trace {measured.peak_phase}, estimate {predicted.peak_phase}; "
                      f"error {100 * out['error']:+.1f}%")
-    Console().print(table)
+    console().print(table)
 
 
 @gpuplan.command()
@@ -118,9 +116,9 @@ def trace(model, catalog_file, as_json, layers, **flags):
 @click.option("--json", "as_json", is_flag=True)
 def models(show_all, catalog_file, as_json):
     """List the catalog models with exact parameter counts."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cli.render import console
     from planner.params import count_params
 
     cat = _catalog(catalog_file)
@@ -138,7 +136,7 @@ def models(show_all, catalog_file, as_json):
     for r in rows:
         table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['params_total']:,}", f"{r['params_active']:,}",
                       str(r["layers"]), str(r["hidden"]), r["heads"], r["experts"])
-    Console().print(table)
+    console().print(table)
 
 
 @gpuplan.command()
@@ -146,9 +144,9 @@ def models(show_all, catalog_file, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def gpus(catalog_file, as_json):
     """List the catalog GPUs with memory, speed and prices."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cli.render import console
     cat = _catalog(catalog_file)
     if as_json:
         click.echo(json.dumps([g.model_dump() for g in cat.gpus.values()], indent=2))
@@ -161,7 +159,7 @@ def gpus(catalog_file, as_json):
                       f"{g.bf16_tflops:g}" if g.bf16_tflops else "-", f"{g.fp8_tflops:g}" if g.fp8_tflops else "-",
                       f"{g.hbm_gbps:g}", str(g.gpus_per_node), f"{g.price_hourly.usd:.2f}",
                       f"{g.price_purchase.usd:,.0f}")
-    Console().print(table)
+    console().print(table)
 
 
 def _run(command, args=None) -> None:

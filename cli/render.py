@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
+from rich.console import Console
 from rich.table import Table
 
 from planner.memory import TERMS, MemoryBreakdown
 
 GIB = 2 ** 30
+
+
+def console() -> Console:
+    """A console that does not squeeze tables to 80 columns when the output is piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def gib(n: float) -> str:
