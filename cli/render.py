@@ -36,8 +36,8 @@ def memory_table(mem: MemoryBreakdown, title: str = "Per-GPU memory") -> Table:
     return table
 
 
-def strategy_line(strategy: dict) -> str:
-    s = strategy
+def strategy_line(strategy) -> str:
+    s = strategy.model_dump()
     parts = [f"{s['workload']}", f"gpus={s['num_gpus']} (tp={s['tp']} pp={s['pp']} dp={s['dp']} ep={s['ep']})"]
     if s["workload"] == "serve":
         parts += [f"weights={s['weights']}", f"kv={s['kv_cache']}", f"concurrency={s['concurrency']}",

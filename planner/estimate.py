@@ -11,8 +11,8 @@ from planner.strategy import Strategy, check_against
 
 
 class ModelInfo(BaseModel):
-    name: str
-    params_total: int
+    name: str = Field(..., description="catalog name, or the folder of a config.json")
+    params_total: int = Field(..., description="exact parameter count (embedding and untied head included)")
     params_active: int = Field(..., description="parameters one token uses (MoE: top-k experts)")
 
 
@@ -20,9 +20,9 @@ class Estimate(BaseModel):
     """`gpuplan estimate --json`: bytes per GPU throughout."""
 
     model: ModelInfo
-    gpu: str
-    workload: str
-    strategy: dict
+    gpu: str = Field(..., description="catalog GPU name")
+    workload: str = Field(..., description="pretrain, full, lora, qlora or serve")
+    strategy: Strategy
     memory: MemoryBreakdown
 
 
@@ -31,15 +31,12 @@ def model_info(m: ModelArch) -> ModelInfo:
     return ModelInfo(name=m.name, params_total=pc.total, params_active=pc.active)
 
 
-def strategy_dict(s: Strategy) -> dict:
-    out = s.model_dump()
-    out["lora_targets"] = list(s.lora_targets)
-    out["dp"] = s.dp
-    out["weights"] = s.weight_format
-    return out
+def resolved(s: Strategy) -> Strategy:
+    """The strategy with its default weight format made explicit."""
+    return s.model_copy(update={"weights": s.weight_format})
 
 
 def estimate(m: ModelArch, gpu: GpuSpec, s: Strategy) -> Estimate:
     check_against(m, gpu, s)
-    return Estimate(model=model_info(m), gpu=gpu.name, workload=s.workload, strategy=strategy_dict(s),
+    return Estimate(model=model_info(m), gpu=gpu.name, workload=s.workload, strategy=resolved(s),
                     memory=estimate_memory(m, gpu, s))

@@ -31,15 +31,15 @@ class MemoryBreakdown(BaseModel):
     """Per-GPU memory at the peak phase, in bytes. The six terms sum to `total`."""
 
     weights: int = Field(..., description="parameters held on this GPU (incl. gathered ZeRO-3 units)")
-    gradients: int
+    gradients: int = Field(..., description="gradients alive at the peak (fp32 main grads under bf16-mixed)")
     optimizer: int = Field(..., description="optimizer states, fp32 master weights, step temporaries")
     activations: int = Field(..., description="saved activations, logits and loss buffers")
-    kv_cache: int
+    kv_cache: int = Field(..., description="serving: K and V of every concurrent token")
     overhead: int = Field(..., description="CUDA context, NCCL buffers, allocator fragmentation")
-    total: int
+    total: int = Field(..., description="sum of the six terms")
     capacity: int = Field(..., description="usable bytes: GPU memory (x memory_utilization when serving)")
-    fits: bool
-    peak_phase: str = Field(..., description="forward | backward | optimizer | prefill | decode")
+    fits: bool = Field(..., description="total <= capacity")
+    peak_phase: str = Field(..., description="phase of the peak: forward, backward, optimizer, prefill or decode")
     phases: dict[str, int] = Field(..., description="allocated bytes (total minus overhead) at each phase's peak")
 
     @property

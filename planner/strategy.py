@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, computed_field, model_validator
 
 Workload = Literal["pretrain", "full", "lora", "qlora", "serve"]
 # fp32: everything fp32. bf16: pure bf16 (weights, grads, optimizer states).
@@ -63,6 +63,7 @@ class Strategy(BaseModel):
     kv_cache: KvCacheFormat = "bf16"
     memory_utilization: float = Field(0.9, gt=0, le=1, description="serving engine cap on GPU memory")
 
+    @computed_field(description="data-parallel degree = num_gpus / (tp * pp)")
     @property
     def dp(self) -> int:
         return self.num_gpus // (self.tp * self.pp)
