@@ -114,6 +114,17 @@ def _moe_items(m: ModelArch, s: Strategy, d: Dtypes, items: dict, targets: set) 
     items["experts"] = k * per_expert
 
 
+def peft_expert_merge_bytes(m: ModelArch, s: Strategy) -> float:
+    """Per MoE layer and micro-batch, independent of tokens: PEFT adapts transformers' fused 3-D
+    expert tensors by materializing W + B@A for every expert and saving it for the backward."""
+    if not (s.is_peft and m.is_moe):
+        return 0.0
+    h, im, e = m.hidden_size, m.moe_intermediate_size, m.num_experts
+    fused = (2 * im * h if {"gate_proj", "up_proj"} & set(s.lora_targets) else 0) + \
+        (im * h if "down_proj" in s.lora_targets else 0)
+    return e * fused * dtypes(s).act
+
+
 def layer_bytes_per_token(m: ModelArch, s: Strategy, moe: bool) -> float:
     return sum(layer_items(m, s, moe).values())
 
@@ -149,7 +160,7 @@ def loss_bytes_per_token(m: ModelArch, s: Strategy) -> tuple[float, float]:
     Unfused (transformers ForCausalLMLoss): lm_head output in the activation dtype, upcast to fp32,
     log-softmax output saved in fp32; the backward holds the saved log-softmax, the gradient of the
     loss w.r.t. it and the gradient w.r.t. the logits, all fp32 (reference/formulas.md §1.2.4).
-    Fused/chunked (torchtune CEWithChunkedOutputLoss, Liger): one of 8 chunks is alive at a time.
+    Fused/chunked (torchtune CEWithChunkedOutputLoss, Liger): one of FUSED_CHUNKS is alive at a time.
     """
     v = m.vocab_size
     d = dtypes(s)
@@ -157,5 +168,29 @@ def loss_bytes_per_token(m: ModelArch, s: Strategy) -> tuple[float, float]:
     forward = v * (d.logits + upcast + FP32)
     backward = v * (FP32 + FP32 + FP32)
     if s.loss == "fused":
-        return forward / 8, backward / 8
+        return forward / FUSED_CHUNKS, backward / FUSED_CHUNKS
     return forward, backward
+
+
+FUSED_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss default num_output_chunks
+
+
+def head_grad_partials(s: Strategy) -> tuple[int, int, int]:
+    """Buffers the size of the lm_head weight gradient that meet while its contributions add up.
+
+    Returns (k_during, k_sum, k_tied): alive during one loss chunk's backward beside that chunk's
+    buffers; alive at the summation of two contributions; and, for tied embeddings, alive beyond the
+    finished gradients when the embedding's contribution arrives at the end of the backward.
+    Autograd adds a contribution out of place (accumulated + new + sum: 3; 2 beyond the gradient
+    itself). With fp32 main grads a hook drains each contribution into the fp32 buffer (partial +
+    its fp32 copy: 3). Measured by planner/trace.py on chunked losses and tied embeddings.
+    """
+    if s.precision in ("bf16-mixed", "fp8-mixed"):
+        return 1, 3, 3
+    return 2, 3, 2
+
+
+def autocast_weight_cache_bytes(s: Strategy) -> int:
+    """torch.autocast caches a bf16 copy of each fp32 weight used in a matmul until the backward of
+    that layer has run: 2 bytes per matmul weight under amp, nothing otherwise."""
+    return 2 if s.precision == "amp" else 0

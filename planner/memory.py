@@ -195,24 +195,41 @@ def _stage_training(m: ModelArch, s: Strategy, first_stage: bool) -> dict[str, d
         stored = act.selective_bytes_per_token(m, s, m.is_moe)
     else:
         stored = per_layer
-    layers_stack = gp.layers * in_flight * stored * tokens / s.tp
-    recompute = per_layer * tokens / s.tp if s.checkpointing != "none" else 0.0
+    merged = act.peft_expert_merge_bytes(m, s) * moe_frac / (s.tp * s.ep)  # per layer, not per token
+    kept_merged = merged if s.checkpointing != "full" else 0.0
+    layers_stack = gp.layers * in_flight * (stored * tokens / s.tp + kept_merged)
+    recompute = per_layer * tokens / s.tp + merged if s.checkpointing != "none" else 0.0
     head = sum(act.head_items(m, s).values()) * tokens / s.tp if is_last else 0.0
     loss_fwd, loss_bwd = act.loss_bytes_per_token(m, s) if is_last else (0.0, 0.0)
     loss_fwd, loss_bwd = loss_fwd * tokens / s.tp, loss_bwd * tokens / s.tp
+    # gradient contributions of a trained lm_head meeting (chunked loss, tied embedding)
+    head_grad = count_params(m).lm_head_matmul / s.tp * sb.weight if (is_last and not s.is_peft) else 0.0
+    k_during, k_sum, k_tied = act.head_grad_partials(s)
+    if s.loss == "fused":
+        loss_bwd = max(loss_bwd + k_during * head_grad, k_sum * head_grad)
+    tied_extra = k_tied * head_grad if (m.tie_word_embeddings and s.pp == 1) else 0.0
+    # autocast keeps bf16 copies of the matmul weights until their layer's backward has run
+    cache = act.autocast_weight_cache_bytes(s) * (gp.dense_linear + gp.expert + (gp.embed if is_last else 0))
 
     g_live = grads if sb.grads_persist else 0.0
-    forward_act = layers_stack + head + loss_fwd
+    forward_act = layers_stack + head + loss_fwd + cache
     # backward: at the loss every activation is alive; later layers free theirs as gradients appear;
     # with checkpointing one layer is recomputed at a time on top of the stored inputs
-    backward_start = layers_stack + head + loss_bwd
+    backward_start = layers_stack + head + loss_bwd + cache
     backward_late = layers_stack + recompute
+    last_layer = recompute if s.checkpointing != "none" else per_layer * tokens / s.tp + merged
+    trainable = trainable_dense + trainable_expert
+    untied_embed = count_params(m).embedding / s.tp if (first_stage and not s.is_peft
+                                                        and not m.tie_word_embeddings) else 0.0
+    first_layer_grads = grads * (gp.largest_layer + untied_embed) / trainable if trainable else 0.0
     phases = {
         "forward": {"weights": weights, "gradients": g_live, "optimizer": optim, "activations": forward_act},
         "backward": {"weights": weights, "gradients": g_live, "optimizer": optim,
                      "activations": max(backward_start, backward_late)},
-        "backward_end": {"weights": weights, "gradients": grads, "optimizer": optim,
-                         "activations": recompute if s.checkpointing != "none" else per_layer * tokens / s.tp},
+        # the first layer's backward runs before its own (and an untied embedding's) gradients exist
+        "backward_last_layer": {"weights": weights, "gradients": max(grads - first_layer_grads, g_live),
+                                "optimizer": optim, "activations": last_layer},
+        "backward_end": {"weights": weights, "gradients": grads, "optimizer": optim, "activations": tied_extra},
         "optimizer": {"weights": weights, "gradients": grads, "optimizer": optim + step_temp, "activations": 0.0},
     }
     return phases
@@ -226,7 +243,7 @@ def training_memory(m: ModelArch, gpu: GpuSpec, s: Strategy) -> MemoryBreakdown:
     phase_totals: dict[str, int] = {}
     for phases in stages:
         for name, terms in phases.items():
-            label = "backward" if name == "backward_end" else name
+            label = "backward" if name.startswith("backward") else name
             total = sum(terms.values())
             phase_totals[label] = max(phase_totals.get(label, 0), int(total))
             if best is None or total > best[0]:

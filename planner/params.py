@@ -108,8 +108,14 @@ def lora_params_per_layer(m: ModelArch, rank: int, targets: tuple[str, ...], lay
     shapes = dict(attention_linear_shapes(m))
     n = sum(rank * (i + o) for name, (i, o) in shapes.items() if name in targets)
     if m.is_moe_layer(layer):
-        per_expert = sum(rank * (i + o) for name, (i, o) in mlp_linear_shapes(m, m.moe_intermediate_size).items()
-                         if name in targets)
+        h, im = m.hidden_size, m.moe_intermediate_size
+        # transformers fuses each expert's gate and up into one gate_up_proj [2*Im, h]; PEFT adapts it
+        # at rank 2r when both are targeted: A [2r, h], B [2*Im, 2r]
+        if "gate_proj" in targets and "up_proj" in targets:
+            per_expert = 2 * rank * (h + 2 * im)
+        else:
+            per_expert = sum(rank * (h + im) for name in ("gate_proj", "up_proj") if name in targets)
+        per_expert += rank * (im + h) if "down_proj" in targets else 0
         n += m.num_experts * per_expert
     else:
         n += sum(rank * (i + o) for name, (i, o) in mlp_linear_shapes(m, m.intermediate_size).items()
