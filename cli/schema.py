@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from planner.estimate import Estimate
 
@@ -30,5 +31,17 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: Path = Path(__file__).resolve().parents[1] / "README.md") -> None:
+    text = path.read_text()
+    start = text.index("<!-- schema:start -->") + len("<!-- schema:start -->")
+    end = text.index("<!-- schema:end -->")
+    path.write_text(text[:start] + "\n" + markdown_table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(markdown_table() if "--markdown" in sys.argv else json.dumps(Estimate.model_json_schema(mode="serialization"), indent=2))
+    if "--update-readme" in sys.argv:
+        update_readme()
+    elif "--markdown" in sys.argv:
+        print(markdown_table())
+    else:
+        print(json.dumps(Estimate.model_json_schema(mode="serialization"), indent=2))
