@@ -46,16 +46,20 @@ def gpuplan():
 @gpuplan.command()
 @opt.common_options
 @click.option("--gpu", required=True, help="GPU name or alias (see `gpuplan gpus`)")
+@click.option("--tokens", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="training tokens of the job, for its duration and price (e.g. 1e9)")
+@click.option("--price", "prices", multiple=True, metavar="GPU=USD_PER_HOUR",
+              help="override a GPU's hourly price (repeatable)")
 @opt.strategy_options()
-def estimate(model, catalog_file, as_json, gpu, **flags):
-    """Evaluate one fully specified configuration: per-GPU memory by term."""
+def estimate(model, catalog_file, as_json, gpu, tokens, prices, **flags):
+    """Evaluate one fully specified configuration: per-GPU memory by term, speed and cost."""
     from planner.estimate import estimate as run_estimate
 
-    from cli.render import console, memory_table, strategy_line
+    from cli.render import console, memory_table, speed_cost_table, strategy_line
 
-    cat = _catalog(catalog_file)
+    cat = _catalog(catalog_file, prices)
     arch, spec = cat.model(model), cat.gpu(gpu)
-    result = run_estimate(arch, spec, opt.build_strategy(flags))
+    result = run_estimate(arch, spec, opt.build_strategy(flags), tokens=tokens)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
@@ -64,6 +68,7 @@ def estimate(model, catalog_file, as_json, gpu, **flags):
                   f"({result.model.params_active:,} active)")
     out.print(strategy_line(result.strategy))
     out.print(memory_table(result.memory))
+    out.print(speed_cost_table(result))
 
 
 @gpuplan.command()

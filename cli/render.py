@@ -49,3 +49,28 @@ def strategy_line(strategy) -> str:
         if s["workload"] in ("lora", "qlora"):
             parts += [f"weights={s['weights']}", f"lora_rank={s['lora_rank']}"]
     return "  ".join(parts)
+
+
+def speed_cost_table(result) -> Table:
+    """Throughput and cost beside the memory table."""
+    t, c = result.throughput, result.cost
+    table = Table(title="Speed and cost", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [("tokens/s (cluster)", f"{t.tokens_per_s:,.0f}")]
+    if t.step_seconds is not None:
+        rows += [("step seconds", f"{t.step_seconds:.3f}"),
+                 ("  compute / communication", f"{t.compute_seconds:.3f} / {t.communication_seconds:.3f}"),
+                 ("  bubble / offload", f"{t.bubble_seconds:.3f} / {t.offload_seconds:.3f}"),
+                 ("MFU", f"{100 * t.mfu:.1f}%")]
+    if t.ttft_seconds is not None:
+        rows += [("time to first token", f"{t.ttft_seconds:.3f} s"),
+                 ("time per output token", f"{1000 * t.tpot_seconds:.1f} ms")]
+    rows += [("$ per hour (cluster)", f"{c.usd_per_hour:,.2f}"), ("purchase (capex)", f"${c.capex_usd:,.0f}")]
+    if c.usd_total is not None:
+        rows += [("job", f"{c.job_hours:,.1f} h, ${c.usd_total:,.0f}")]
+    if result.workload == "serve" and c.usd_per_million_tokens is not None:
+        rows += [("$ per million output tokens", f"{c.usd_per_million_tokens:.3f}")]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from catalog.schema import GpuSpec, ModelArch
+from planner.cost import Cost, estimate_cost
 from planner.memory import MemoryBreakdown, estimate_memory
 from planner.params import count_params
+from planner.speed import Throughput, estimate_throughput
 from planner.strategy import Strategy, check_against
 
 
@@ -24,6 +26,8 @@ class Estimate(BaseModel):
     workload: str = Field(..., description="pretrain, full, lora, qlora or serve")
     strategy: Strategy
     memory: MemoryBreakdown
+    throughput: Throughput
+    cost: Cost
 
 
 def model_info(m: ModelArch) -> ModelInfo:
@@ -36,7 +40,10 @@ def resolved(s: Strategy) -> Strategy:
     return s.model_copy(update={"weights": s.weight_format})
 
 
-def estimate(m: ModelArch, gpu: GpuSpec, s: Strategy) -> Estimate:
+def estimate(m: ModelArch, gpu: GpuSpec, s: Strategy, tokens: float | None = None) -> Estimate:
+    """Memory, speed and cost of `s`; `tokens` sizes a training job (trained tokens) for its cost."""
     check_against(m, gpu, s)
+    speed = estimate_throughput(m, gpu, s)
     return Estimate(model=model_info(m), gpu=gpu.name, workload=s.workload, strategy=resolved(s),
-                    memory=estimate_memory(m, gpu, s))
+                    memory=estimate_memory(m, gpu, s), throughput=speed,
+                    cost=estimate_cost(gpu, s, speed, tokens))

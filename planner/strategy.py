@@ -40,7 +40,7 @@ class Strategy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     workload: Workload = Field("full", description="pretrain, full fine-tune, lora, qlora or serve")
-    num_gpus: PositiveInt = Field(1, description="GPUs in the cluster (world size = tp*pp*dp)")
+    num_gpus: PositiveInt = Field(1, description="GPUs in the cluster (world size = tp*pp*dp); default tp*pp*ep")
     tp: PositiveInt = Field(1, description="tensor-parallel degree (with sequence parallel), inside a node")
     pp: PositiveInt = Field(1, description="pipeline-parallel stages (1F1B schedule)")
     ep: PositiveInt = Field(1, description="expert-parallel degree for MoE (carved out of dp)")
@@ -81,6 +81,17 @@ class Strategy(BaseModel):
     @property
     def is_peft(self) -> bool:
         return self.workload in PEFT_WORKLOADS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_world(cls, data):
+        # without --num-gpus, the smallest cluster the parallel degrees need (one data-parallel
+        # replica, or ep replicas for expert parallelism)
+        if isinstance(data, dict) and data.get("num_gpus") is None:
+            degrees = [data.get(k, 1) for k in ("tp", "pp", "ep")]
+            if all(isinstance(d, int) and d > 0 for d in degrees):
+                data = {**data, "num_gpus": degrees[0] * degrees[1] * degrees[2]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "Strategy":
