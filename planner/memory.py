@@ -158,12 +158,9 @@ def _stage_training(m: ModelArch, s: Strategy, first_stage: bool) -> dict[str, d
         fw = frozen_weight_bytes(s)
         # quantization applies to linear layers; embeddings, head and norms stay in 16 bit
         base16 = 4 if s.precision in ("fp32", "amp") else 2
-        frozen = (gp.dense_linear + gp.expert) * fw + (gp.embed + gp.small) * base16
-        frozen_dense = (gp.dense_linear * fw + (gp.embed + gp.small) * base16)
-        frozen_expert = gp.expert * fw
-        weights = shard(frozen_dense, frozen_expert, 3) + shard(gp.lora * sb.weight, 0, 3)
+        frozen_dense = gp.dense_linear * fw + (gp.embed + gp.small) * base16
+        weights = shard(frozen_dense, gp.expert * fw, 3) + shard(gp.lora * sb.weight, 0, 3)
         trainable_dense, trainable_expert = gp.lora, 0.0
-        del frozen
     else:
         sb = state_bytes(s)
         weights = shard(other * sb.weight, gp.expert * sb.weight, 3)
