@@ -167,6 +167,16 @@ def gpus(catalog_file, as_json):
     console().print(table)
 
 
+def _register_planning_commands() -> None:
+    from cli.plan_cmd import plan, sweep
+
+    gpuplan.add_command(plan)
+    gpuplan.add_command(sweep)
+
+
+_register_planning_commands()
+
+
 def _run(command, args=None) -> None:
     """Run a click command with one-line errors: no usage dump, no traceback, exit 2."""
     try:
