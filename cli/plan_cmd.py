@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from cli import options as opt
-from planner.domains import OBJECTIVES, PLAN_DEFAULTS
+from planner.domains import OBJECTIVES, PLAN_DEFAULTS, restrictions
 from planner.strategy import WORKLOADS, Strategy, StrategyError
 
 # strategy flags that are plan parameters (with plan defaults) or plan's own repeatable option
@@ -60,6 +60,9 @@ def _question_options(fn):
         click.option("--max-capex", "max_capex_usd", type=float, help="USD cap on the purchase price"),
         click.option("--time-limit", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
                      help="seconds per solve; past it the plan is FEASIBLE with its gap"),
+        click.option("--all-choices", is_flag=True,
+                     help="also search what the defaults leave out: pure bf16/fp8 training, 8-bit Adam, SGD, "
+                          "fused loss, quantized serving weights, fp8 KV cache, every LoRA rank"),
     ]
     for spec in reversed(specs):
         fn = spec(fn)
@@ -85,16 +88,16 @@ def parse_gpus(cat, text: str | None):
     return out
 
 
-def _pins_for(workload: str, pins: dict) -> tuple[dict, list[str]]:
-    """The pins that make sense for this workload, and the ones that do not (e.g. --zero for serve)."""
-    kept, ignored = {}, []
+def _pins_for(workload: str, pins: dict) -> dict:
+    """The pins that make sense for this workload (e.g. --zero applies to training, not to serve)."""
+    kept = {}
     for field, value in pins.items():
         try:
             Strategy(workload=workload, **{field: value})
             kept[field] = value
         except (StrategyError, ValueError):
-            ignored.append(field)
-    return kept, ignored
+            continue
+    return kept
 
 
 def build_instances(cat, model: str, gpus: str | None, workloads: tuple, flags: dict) -> list:
@@ -108,14 +111,15 @@ def build_instances(cat, model: str, gpus: str | None, workloads: tuple, flags: 
     chosen = list(workloads) or list(WORKLOADS)
     instances, unused = [], set(pins)
     for w in chosen:
-        kept, _ = _pins_for(w, pins)
+        kept = _pins_for(w, pins)
         unused -= set(kept)
         fields = dict(PLAN_DEFAULTS[w])
         for key in ("seq_len", "global_batch", "tokens", "total_concurrency", "context"):
             if flags.get(key) is not None:
                 fields[key] = flags[key]
         instances.append(Instance(model=arch, workload=w, gpus=tuple(allowances), catalog_gpus=tuple(cat.gpus.values()),
-                                  objective=flags.get("objective") or "hourly", pins=kept, limits=limits, **fields))
+                                  objective=flags.get("objective") or "hourly", pins=kept, limits=limits,
+                                  all_choices=bool(flags.get("all_choices")), **fields))
     if unused:
         raise click.BadParameter(f"--{sorted(unused)[0].replace('_', '-')} applies to none of the workloads "
                                  f"{', '.join(chosen)}")
@@ -149,6 +153,10 @@ def _status(p) -> str:
     return s.status
 
 
+def _tokens(x: float) -> str:
+    return f"{x:.0e}".replace("e+0", "e").replace("e+", "e") if x >= 1e5 else f"{x:,.0f}"
+
+
 def _money(x) -> str:
     return "-" if x is None else (f"${x:,.2f}" if x < 1000 else f"${x:,.0f}")
 
@@ -160,12 +168,20 @@ def defaults_text(instances) -> str:
     if train:
         i = train[0]
         batches = ", ".join(sorted({f"{t.global_batch} ({t.workload})" for t in train}))
-        tokens = ", ".join(sorted({f"{t.tokens:g} ({t.workload})" for t in train}))
+        tokens = ", ".join(sorted({f"{_tokens(t.tokens)} ({t.workload})" for t in train}))
         lines.append(f"training: sequence length {i.seq_len}, global batch in sequences {batches}; job tokens {tokens}")
     if "serve" in w:
         s = w["serve"]
         lines.append(f"serving: {s.total_concurrency} concurrent sequences of {s.context} tokens in total over the "
-                     f"replicas; job tokens {s.tokens:g}")
+                     f"replicas; job tokens {_tokens(s.tokens)}")
+    narrowed: dict[str, list[str]] = {}
+    for i in instances:
+        for r in restrictions(i):
+            if r.kind == "default":
+                narrowed.setdefault(r.text.removesuffix(" (default)"), []).append(i.workload)
+    if narrowed:
+        lines.append("default choices (a pin or --all-choices widens them): " + "; ".join(
+            f"{text} ({', '.join(ws)})" for text, ws in narrowed.items()))
     lines.append("usable memory: training, all of the GPU's memory with the overhead term (CUDA context, NCCL "
                  "buffers, 8% allocator fragmentation) counted in the total; serving, 90% of it (vLLM "
                  "gpu_memory_utilization). The solver rounds memory up to MiB, so every plan also fits by `estimate`.")
@@ -203,12 +219,9 @@ def render_detail(out, p) -> None:
     if p.strategy is None:
         out.print(f"\n{head}: {s.status} after {s.seconds:.2f} s")
         if s.diagnosis:
-            d = s.diagnosis
-            out.print(d.summary)
-            if d.binding:
-                out.print("binding: " + "; ".join(d.binding))
-            for fix in d.fixes:
-                out.print(f"  fix: {fix.text}")
+            out.print(s.diagnosis.summary)
+            for fix in s.diagnosis.fixes[1:]:
+                out.print(f"  or {fix.text}")
         return
     verdict = {"OPTIMAL": "proved optimal", "FEASIBLE": f"best found, bound {s.bound:g} {s.unit}"}.get(s.status, s.status)
     out.print(f"\n{head}: {_cluster(p)}, {s.value:g} {s.unit} ({verdict} in {s.seconds:.2f} s)")
@@ -221,7 +234,7 @@ def render_detail(out, p) -> None:
         speed += f", TTFT {t['ttft_seconds']:.2f} s, TPOT {1000 * t['tpot_seconds']:.1f} ms"
     money = f"{_money(c['usd_per_hour'])}/h, capex {_money(c['capex_usd'])}"
     if c.get("usd_total") is not None:
-        money += f", job of {p.parameters['tokens']:g} tokens {_money(c['usd_total'])} in {c['job_hours']:,.1f} h"
+        money += f", job of {_tokens(p.parameters['tokens'])} tokens {_money(c['usd_total'])} in {c['job_hours']:,.1f} h"
     if c.get("usd_per_million_tokens") is not None:
         money += f", {_money(c['usd_per_million_tokens'])} per million tokens"
     out.print(f"{speed}; {money}")
@@ -275,35 +288,41 @@ def plan(model, gpus, top, catalog_file, as_json, time_limit, **flags):
 @click.option("--model", "models", multiple=True, help="repeatable [default: every Qwen3 size]")
 @click.option("--gpus", default=None, help="GPUs to compare, e.g. a100-80g,h100:8 [default: every catalog GPU]")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV rows instead of a table")
+@click.option("--jobs", type=opt.POSITIVE, default=None, help="processes [default: CPU count]")
 @_common
 @_question_options
-def sweep(models, gpus, as_csv, catalog_file, as_json, time_limit, **flags):
-    """For each model, GPU and workload: the cheapest plan (one CP-SAT solve per cell)."""
+def sweep(models, gpus, as_csv, jobs, catalog_file, as_json, time_limit, **flags):
+    """For each model, GPU and workload: the cheapest plan (one CP-SAT model per cell)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     from catalog import load_catalog
-    from planner.solve_plan import plan as solve
 
     cat = load_catalog(catalog_file)
     workloads = flags.pop("workloads") or WORKLOADS
     archs = [cat.model(m) for m in models] if models else cat.qwen3_models()
     allowances = parse_gpus(cat, gpus)
-    cells = [(arch, a, w) for arch in archs for a in allowances for w in workloads]
-    rows = []
+    for arch in archs:   # bad flags fail here, once, before any process starts
+        build_instances(cat, arch.name, _gpu_text(allowances[0]), tuple(workloads), flags)
+    cells = [(arch.name, _gpu_text(a), w) for arch in archs for a in allowances for w in workloads]
+    rows = {}
     from rich.progress import Progress
 
-    with Progress(transient=True, disable=as_json or as_csv or not sys.stderr.isatty()) as progress:
+    with Progress(transient=True, disable=as_json or as_csv or not sys.stderr.isatty()) as progress, \
+            ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         task = progress.add_task("planning", total=len(cells))
-        for arch, a, w in cells:
-            inst = build_instances(cat, arch.name, _gpu_text(a), (w,), flags)[0]
-            p = solve(inst, top=1, time_limit=time_limit, diagnose_infeasible=False)[0]
-            rows.append(_sweep_row(arch.name, a.gpu.name, p))
+        futures = {pool.submit(_sweep_cell, catalog_file, cell, flags, time_limit): cell for cell in cells}
+        for future in as_completed(futures):
+            rows[futures[future]] = future.result()
             progress.advance(task)
+    ordered = [rows[cell] for cell in cells]
     if as_json:
-        click.echo(json.dumps({"cells": rows}, indent=2))
+        click.echo(json.dumps({"cells": ordered}, indent=2))
         return
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(ordered[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(ordered)
         return
     from rich.table import Table
 
@@ -316,13 +335,25 @@ def sweep(models, gpus, as_csv, catalog_file, as_json, time_limit, **flags):
         table.add_column(w, justify="right")
     for arch in archs:
         for a in allowances:
-            cells_text = []
+            texts = []
             for w in workloads:
-                r = next(r for r in rows if r["model"] == arch.name and r["gpu"] == a.gpu.name and r["workload"] == w)
-                cells_text.append("-" if r["num_gpus"] is None else
-                                  f"{r['num_gpus']} x, {_money(r['usd_per_hour'])}, {r['tokens_per_s']:,.0f}")
-            table.add_row(arch.name, a.gpu.name, *cells_text)
+                r = rows[(arch.name, _gpu_text(a), w)]
+                texts.append("-" if r["num_gpus"] is None else
+                             f"{r['num_gpus']} x, {_money(r['usd_per_hour'])}, {r['tokens_per_s']:,.0f}")
+            table.add_row(arch.name, a.gpu.name, *texts)
     console().print(table)
+
+
+def _sweep_cell(catalog_file, cell: tuple, flags: dict, time_limit: float) -> dict:
+    """One cell, in a worker process: its cheapest plan (no diagnosis: a sweep reports the status)."""
+    from catalog import load_catalog
+    from planner.solve_plan import plan as solve
+
+    model, gpus, workload = cell
+    cat = load_catalog(catalog_file)
+    inst = build_instances(cat, model, gpus, (workload,), flags)[0]
+    p = solve(inst, top=1, time_limit=time_limit, workers=2, diagnose_infeasible=False)[0]
+    return _sweep_row(model, inst.gpus[0].gpu.name, p)
 
 
 def _gpu_text(a) -> str:

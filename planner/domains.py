@@ -3,7 +3,8 @@ domain of every choice, grouped in blocks whose options the CP-SAT model turns i
 
 Blocks (one literal per option, exactly one option per block):
   gpu      the GPU type (its count is the layout's world size)
-  layout   (tp, pp, dp, ep): world = tp*pp*dp GPUs, TP inside a node, EP divides dp and the experts
+  layout   (tp, pp, dp, ep): world = tp*pp*dp GPUs, TP inside a node, EP divides dp and the experts;
+           the CP-SAT model splits it into three blocks, (tp, pp) pairs, dp and ep (planner/solver.py)
   zero     ZeRO/FSDP stage 0-3 (training)
   regime   (precision, optimizer, offload, weight format) (serving: weight format only)
   checkpointing, loss, micro_batch, lora_rank (training), kv_cache (serving)
@@ -98,6 +99,8 @@ class GpuAllowance(BaseModel):
 
 
 class Limits(BaseModel):
+    """Caps on the plan; each is a restriction a diagnosis may show binding (flags: LIMIT_FLAGS)."""
+
     model_config = ConfigDict(frozen=True)
     min_throughput: Optional[PositiveFloat] = Field(None, description="tokens/s of the whole cluster")
     deadline_hours: Optional[PositiveFloat] = Field(None, description="time to process `tokens`")
@@ -123,6 +126,7 @@ class Instance(BaseModel):
     context: PositiveInt = Field(4096, description="serving: tokens per sequence")
     pins: dict[str, Any] = Field(default_factory=dict)
     limits: Limits = Limits()
+    all_choices: bool = Field(False, description="search every value, not only DEFAULT_POLICY's")
 
     @model_validator(mode="after")
     def _check(self) -> "Instance":
@@ -173,6 +177,9 @@ class Restriction:
     text: str = ""
 
 
+LIMIT_FLAGS = {"min_throughput": "--min-throughput", "deadline_hours": "--deadline", "budget_usd": "--budget",
+               "max_hourly_usd": "--max-hourly", "max_capex_usd": "--max-capex"}
+
 # Pins the solver can release in a diagnosis: fields of a choice block. grad_accum, concurrency,
 # attention and lora_targets pins are parameters of the question (they reshape derived quantities).
 RELAXABLE_PINS = ("num_gpus", "tp", "pp", "dp", "ep", "zero", "precision", "weights", "optimizer", "offload",
@@ -191,7 +198,7 @@ def restrictions(inst: Instance) -> list[Restriction]:
             out.append(Restriction("pin", field, (inst.pins[field],), _flag(field, (inst.pins[field],))))
     for field, by_workload in DEFAULT_POLICY.items():
         allowed = by_workload.get(inst.workload)
-        if allowed is not None and field not in inst.pins:
+        if allowed is not None and field not in inst.pins and not inst.all_choices:
             out.append(Restriction("default", field, allowed, _flag(field, allowed) + " (default)"))
     if inst.catalog_gpus and {g.name for g in inst.catalog_gpus} - {a.gpu.name for a in inst.gpus}:
         listed = tuple(a.gpu.name for a in inst.gpus)
@@ -202,7 +209,7 @@ def restrictions(inst: Instance) -> list[Restriction]:
                                    f"at most {a.max_count} x {a.gpu.name}"))
     for field, value in inst.limits.model_dump().items():
         if value is not None:
-            out.append(Restriction("limit", field, None, f"--{field.replace('_', '-')} {value:g}"))
+            out.append(Restriction("limit", field, None, f"{LIMIT_FLAGS[field]} {value:g}"))
     return out
 
 
@@ -211,7 +218,7 @@ def restrictions(inst: Instance) -> list[Restriction]:
 class Domains:
     """The options of every block. `relaxed=False`: pins and defaults already applied (the normal
     solve); `relaxed=True`: the full domains, every restriction left to the solver as a literal,
-    every catalog GPU allowed with MAX_GPUS of each (planner/solve_diagnosis.py)."""
+    every catalog GPU allowed (planner/solve_diagnosis.py)."""
 
     def __init__(self, inst: Instance, relaxed: bool = False):
         self.inst = inst

@@ -1,9 +1,12 @@
 """The exhaustive evaluator: every combination of every block's options, vectorised with numpy.
 
 It is the test oracle of the CP-SAT planner (tests and benchmarks only): it reads the same
-coefficient tables (planner/solve_tables.py) and applies the same integer rounding, but
-combines them by direct evaluation instead of constraints, so a wrong encoding in
-planner/solver.py shows up as a different optimum or a different verdict on feasibility.
+coefficient tables (planner/solve_tables.py, planner/solve_time.py) and applies the same integer
+rounding, but combines them by direct evaluation of each combination (memory of every phase,
+GPU time per token, prices, limits) instead of constraints, so a wrong encoding in
+planner/solver.py shows up as a different optimum, tie-break or verdict on feasibility.
+table_memory / table_time evaluate one Strategy, for the tests that hold the tables against
+estimate_memory and estimate_throughput.
 """
 
 from __future__ import annotations
@@ -270,13 +273,6 @@ def solve_exhaustive(inst: Instance, chunk: int = 1_000_000) -> Best:
     return Best(True, (best_key >> 20) / scale, best_key & (2 ** 20 - 1), gamma, best_ix, evaluated, seconds)
 
 
-def evaluate_choice(t: Tables, index: dict[str, int]) -> tuple[bool, dict[str, int]]:
-    """One configuration (an option index per block): fits?, allocated MiB per phase."""
-    ix = {b: np.array(index[b]) for b in BLOCKS}
-    feasible, phases = evaluate(t, ix)
-    return bool(feasible), {k: int(v) for k, v in phases.items()}
-
-
 PINNED_FIELDS = ("num_gpus", "tp", "pp", "ep", "zero", "precision", "optimizer", "offload", "checkpointing", "loss",
                  "micro_batch", "lora_rank", "kv_cache", "grad_accum", "attention", "lora_targets")
 
@@ -316,7 +312,7 @@ def table_memory(m, gpu, s) -> dict[str, int]:
 
 def gpu_time_per_token(t: Tables, tt, ix: dict, cols: dict) -> tuple[np.ndarray, np.ndarray]:
     """(GPU time per token in GAMMA_UNIT, within the time model's ranges) for broadcast indices."""
-    from planner.solve_time import FIX, GAMMA_UNIT, TIME_MAX, TIME_UNIT, TOKEN_UNIT
+    from planner.solve_time import FINE, FIX, GAMMA_UNIT, TIME_MAX, TIME_UNIT, TOKEN_UNIT
 
     d = t.domains
     g = ix["gpu"]
@@ -327,12 +323,14 @@ def gpu_time_per_token(t: Tables, tt, ix: dict, cols: dict) -> tuple[np.ndarray,
         body = np.stack([s.body for s in tt.serving])[g, cols["tp_i"], cols["ep_i"], r, cols["dp_i"]]
         kv_read = ceil_div(np.stack([s.kv_tokens for s in tt.serving])[g, cols["dp_i"]]
                            * np.stack([s.kv_rate for s in tt.serving])[g, cols["mp_i"], kv], FIX)
-        step = np.maximum(host, body + kv_read)
+        step = np.maximum(host, body + kv_read)        # TIME_UNIT / FINE
         tokens = t.serve_concurrency[cols["dp_i"]]
         ok = step <= TIME_MAX
+        ratio = round(TIME_UNIT / TOKEN_UNIT / FINE)
     else:
         step, tokens, ok = _training_step(t, tt, ix, cols)
-    per_token = ceil_div(step * round(TIME_UNIT / TOKEN_UNIT), tokens)
+        ratio = round(TIME_UNIT / TOKEN_UNIT)
+    per_token = ceil_div(step * ratio, tokens)
     gamma = ceil_div(tp * pp * per_token, round(GAMMA_UNIT / TOKEN_UNIT))
     return gamma, ok & (per_token <= TIME_MAX) & (gamma <= TIME_MAX)
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-from planner.domains import Instance, Restriction
+from planner.domains import GpuAllowance, Instance, Limits, Restriction
 from planner.solver import OBJECTIVE_UNITS, PlanSolver
 
 # Releasing a default is the smallest change, then a pin, the inventory, the GPU list, a limit.
@@ -92,7 +92,28 @@ def _release(solver: PlanSolver, released: list[Restriction], lits: dict, time_l
     result = solver.solve(time_limit, assumptions=keep)
     if result.choice is None:
         return None
-    return _fix(solver.inst, released, result.choice)
+    return _fix(solver.inst, released, _replanned(solver.inst, released, result.choice, time_limit))
+
+
+def _replanned(inst: Instance, released: list[Restriction], choice, time_limit: float):
+    """The question with the released restrictions set to what worked, planned normally (so the fix
+    also gets the throughput tie-break); the relaxed solve's choice if that fails."""
+    s = choice.strategy
+    pins, gpus, limits = dict(inst.pins), list(inst.gpus), inst.limits.model_dump()
+    for r in released:
+        if r.kind in ("pin", "default"):
+            pins[r.field] = s.num_gpus if r.field == "num_gpus" else getattr(
+                s, "weight_format" if r.field == "weights" else r.field)
+        elif r.kind == "gpus":
+            gpus = [GpuAllowance(gpu=next(g for g in inst.catalog_gpus if g.name == choice.gpu),
+                                 max_count=max((a.max_count or 0) for a in inst.gpus) or None)]
+        elif r.kind == "inventory":
+            gpus = [a.model_copy(update={"max_count": None}) if f"count:{a.gpu.name}" == r.field else a for a in gpus]
+        else:
+            limits[r.field] = None
+    variant = inst.model_copy(update={"pins": pins, "gpus": tuple(gpus), "limits": Limits(**limits)})
+    result = PlanSolver(variant).solve(time_limit)
+    return result.choice if result.choice is not None else choice
 
 
 def _fix(inst: Instance, released: list[Restriction], choice) -> Fix:

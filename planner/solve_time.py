@@ -23,7 +23,6 @@ import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
 
 import numpy as np
 
@@ -77,7 +76,8 @@ class TrainingTime:
 
 @dataclass
 class ServingTime:
-    """One GPU type: TPOT of one decode step of `concurrency(dp)` sequences."""
+    """One GPU type: TPOT of one decode step of `concurrency(dp)` sequences, in TIME_UNIT / FINE
+    (a decode step of a small model takes well under a millisecond)."""
 
     host: np.ndarray              # (r,) host (launch) time of a forward, overlapped with the GPU
     body: np.ndarray              # (tp, ep, r, dp) fixed GPU time + GEMMs + attention + element-wise + TP
@@ -227,7 +227,7 @@ def _serving_time(d: Domains, t: Tables, gpu, cal) -> ServingTime:
     f_moe = speed.moe_fraction(m)
     engine = cal.engines["vllm"]
     conc = [int(c) for c in t.serve_concurrency]
-    host = np.array([units(L * engine.host_seconds_per_layer[r.weights]) for r in d.regimes], dtype=np.int64)
+    host = np.array([fine_units(L * engine.host_seconds_per_layer[r.weights]) for r in d.regimes], dtype=np.int64)
     body = np.zeros((len(d.tp_options), len(d.ep_options), len(d.regimes), len(d.dp_options)), dtype=np.int64)
     for (ti, tp), (ei, ep), (ri, r), (di, dp) in _product(d.tp_options, d.ep_options, d.regimes, d.dp_options):
         s = _probe(d, Layout(tp, 1, ep, ep), r)
@@ -253,12 +253,12 @@ def _serving_time(d: Domains, t: Tables, gpu, cal) -> ServingTime:
         tp_comm = L * 2 * speed.ring_seconds(batch * m.hidden_size * 2, tp, 2,
                                              speed.link_bandwidth(gpu, tp, 1, cal), cal)
         fixed = L * engine.gpu_seconds_per_layer[r.weights]
-        body[ti, ei, ri, di] = units(fixed + gemm + attention + elementwise + tp_comm)
+        body[ti, ei, ri, di] = fine_units(fixed + gemm + attention + elementwise + tp_comm)
     kv_rate = np.zeros((len(d.mp_options), len(d.kv_cache)), dtype=np.int64)
     for (mi, (tp, pp)), (ki, kv) in _product(d.mp_options, d.kv_cache):
         s = Strategy(workload="serve", num_gpus=tp * pp, tp=tp, pp=pp, kv_cache=kv)
         per_token = cal.gemm_traffic * engine.kv_traffic * speed.kv_bytes_per_token(m, s) * pp / speed.hbm(gpu)
-        kv_rate[mi, ki] = rate(per_token)
+        kv_rate[mi, ki] = rate(per_token * FINE)
     return ServingTime(host, body, kv_rate, np.array([c * ctx for c in conc], dtype=np.int64))
 
 
@@ -271,12 +271,12 @@ class TimeModel:
         self.s = solver
         self.tt = tt
         self.gamma = solver._int("gpu_time_per_token", TIME_MAX)
+        self._node_lits: dict[int, dict] = {}
         if tt.training:
             self._training()
         else:
             self._serving()
 
-    # helpers
     def _int(self, name, ub=TIME_MAX):
         return self.s._int(name, min(int(ub), TIME_MAX))
 
@@ -284,6 +284,8 @@ class TimeModel:
         return list(zip(self.s.x.gpu, range(len(self.s.domains.gpus))))
 
     def _training(self) -> None:
+        """Each table term as a variable bounded below under the literals of its key (and the GPU
+        type), then combined by _combine as speed.training_throughput does."""
         s, d, t, m, x = self.s, self.s.domains, self.s.tables, self.s.model, self.s.x
         P = [s.precision[p] for p in t.precisions]
         layer_c, layer_x, head, prep, pp_c = (self._int(n) for n in ("t_layer_compute", "t_layer_comm", "t_head",
@@ -378,17 +380,13 @@ class TimeModel:
     def _per_node(self, node: int) -> dict:
         """A literal for min(GPUs, GPUs per node) = k, k = 1..node (CPU Adam is shared by a node)."""
         s, m = self.s, self.s.model
-        if node in getattr(self, "_node_lits", {}):
-            return self._node_lits[node]
-        lits = {k: m.new_bool_var(f"per_node={k}") for k in range(1, node + 1)}
-        m.add_exactly_one(lits.values())
-        for k, lit in lits.items():
-            if k < node:
-                m.add(s.n == k).only_enforce_if(lit)
-            else:
-                m.add(s.n >= node).only_enforce_if(lit)
-        self._node_lits = {**getattr(self, "_node_lits", {}), node: lits}
-        return lits
+        if node not in self._node_lits:
+            lits = {k: m.new_bool_var(f"per_node={k}") for k in range(1, node + 1)}
+            m.add_exactly_one(lits.values())
+            for k, lit in lits.items():
+                m.add(s.n == k).only_enforce_if(lit) if k < node else m.add(s.n >= node).only_enforce_if(lit)
+            self._node_lits[node] = lits
+        return self._node_lits[node]
 
     def _combine(self, layer_c, layer_x, head, prep, pp_c, dp_step, dp_micro, optimizer, offload) -> None:
         """speed.training_throughput's step from its parts, then GPU-seconds per token."""
@@ -428,11 +426,12 @@ class TimeModel:
             tokens.append(mb * int(t.grad_accum[mi, di]) * d.inst.seq_len)
         self._per_token_pairs(step, tokens, lits)
 
-    def _per_token_pairs(self, step, tokens, lits):
+    def _per_token_pairs(self, step, tokens, lits, fine: bool = False):
         s, m = self.s, self.s.model
         per_token = self._int("time_per_token_per_replica")
+        ratio = round(TIME_UNIT / TOKEN_UNIT / (FINE if fine else 1))
         for lit, n in zip(lits, tokens):
-            m.add(per_token * int(n) >= step * round(TIME_UNIT / TOKEN_UNIT)).only_enforce_if(lit)
+            m.add(per_token * int(n) >= step * ratio).only_enforce_if(lit)
         for (tp, pp), lit in zip(s.domains.mp_options, s.x.mp):
             m.add(self.gamma * round(GAMMA_UNIT / TOKEN_UNIT) >= tp * pp * per_token).only_enforce_if(lit)
 
@@ -454,4 +453,4 @@ class TimeModel:
                 m.add(kv * FIX >= int(st.kv_tokens[di]) * kv_rate).only_enforce_if([g, y])
         m.add(tpot >= body + kv)
         self.step = tpot
-        self._per_token_pairs(tpot, [int(c) for c in t.serve_concurrency], [[y] for y in x.dp])
+        self._per_token_pairs(tpot, [int(c) for c in t.serve_concurrency], [[y] for y in x.dp], fine=True)

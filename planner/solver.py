@@ -1,16 +1,22 @@
 """The CP-SAT planner: one model in which every choice is a decision variable.
 
 Encoding (DESIGN.md "The solver"; the CP-SAT primer's solver-class style):
-- one Boolean literal per option of each block (planner/domains.py), exactly one per block;
-  aggregate literals (tp = 4, pp = 2, precision = bf16-mixed, ZeRO >= k, ...) are channelled
-  from the block literals by one linear equality each;
-- layout quantities (parameters on a GPU, KV cache, overhead) are linear expressions over the
-  layout literals; a term that is coefficient(block A) x quantity(block B) is a half-reified
-  linear constraint `term * den >= coef_a * Q_b`, enforced by the literal of a;
-- memory terms are integer MiB rounded up (planner/solve_tables.py), every phase of every
-  pipeline stage must fit (max over phases <= capacity <=> each phase <= capacity);
-- the GPU count per type is an integer variable, zero unless that type is chosen, so cost is
-  linear; the objective is lexicographic (primary, then fewer GPUs) as one weighted sum.
+- one Boolean literal per option of each block (planner/domains.py): GPU type, (tp, pp) pair, dp,
+  ep, ZeRO stage, regime (precision, optimizer, offload, weight format), checkpointing, loss,
+  micro-batch, LoRA rank, KV-cache format; exactly one per block. Derived literals (tp = 4, pp > 1,
+  precision = amp, ZeRO >= k, ...) are channelled from them by one linear equality each;
+- world = tp * pp * dp by one half-reified equality per (tp, pp) literal; the GPU count per type is
+  an integer variable, zero unless that type is chosen, so prices are linear;
+- a term coefficient(block A) x quantity(block B) is a half-reified linear constraint enforced by
+  A's literal: `term * den >= coef_A * Q_B`; a division by a degree (ZeRO over dp, experts over ep,
+  activations over tp) is `q * d >= Q` under the literal of d: ceil, never below;
+- memory in MiB, KiB and KiParams (planner/solve_tables.py); every phase of every pipeline stage
+  must fit: max over phases <= capacity <=> each phase <= capacity;
+- time (planner/solve_time.py): GPU-seconds per token, from which throughput, job time and job
+  cost are linear; it enters the model when the objective or a limit needs it;
+- objective, lexicographic: (primary, then fewer GPUs) as one weighted sum; once proved, a second
+  solve holds both and maximises throughput (minimises GPU-seconds per token).
+Every integer variable stays below 2**31 (see _int).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ortools.sat.python import cp_model
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.domains import MAX_GPUS, Domains, Instance, Layout, Restriction
-from planner.solve_tables import (COEF_SCALE, KEEP_SCALE, KIB, MIB, STATE_DEN, STATE_TERMS, ParamClass, Tables,
+from planner.solve_tables import (COEF_SCALE, KEEP_SCALE, KIB, MIB, STATE_DEN, STATE_TERMS, ParamClass,
                                   build_tables, ceil_div)
 from planner.solve_time import GAMMA_UNIT
 from planner.strategy import Strategy
@@ -95,23 +101,22 @@ class PlanSolver:
     slack=True: capacity may be exceeded by `self.slack` MiB, which is minimised (how far from
     fitting the best configuration is)."""
 
-    def __init__(self, inst: Instance, relaxed: bool = False, tables: Optional[Tables] = None,
-                 slack: bool = False):
+    def __init__(self, inst: Instance, relaxed: bool = False, slack: bool = False):
         self.inst = inst
         self.slack = None
         self.time = None
         self.tie_break = False
-        self.domains = tables.domains if tables else Domains(inst, relaxed=relaxed)
+        self._phase2 = False
+        self.domains = Domains(inst, relaxed=relaxed)
         self.relaxed = self.domains.relaxed
         self.model = cp_model.CpModel()
         self.restriction_lits: dict[Restriction, cp_model.IntVar] = {}
         self._ub: dict[int, int] = {}         # upper bounds of the integer variables, by index
-        self.phase_mib: dict[str, cp_model.IntVar] = {}
         if self.domains.empty:
             self.tables = None
             self.model.add_bool_or([])        # nothing to choose from: infeasible by construction
             return
-        self.tables = tables or build_tables(self.domains)
+        self.tables = build_tables(self.domains)
         if slack:
             self.slack = self.model.new_int_var(0, MAX_MIB, "over_capacity_mib")
         self._blocks()
@@ -223,7 +228,8 @@ class PlanSolver:
         groups = sum(self.gt1.values())
         self.fixed_mib = t.overhead_base_mib + t.overhead_group_mib * groups
         self.cap_mib = _weighted(x.gpu, t.cap_mib)
-        self.cap_kib = int(t.cap_mib.max()) * 1024   # no single buffer can exceed the largest GPU
+        # no single buffer can exceed the largest GPU (with a slack: 512 GiB, x3 stays below 2**31)
+        self.cap_kib = 2 ** 29 if self.slack is not None else int(t.cap_mib.max()) * 1024
 
     def _gpu_links(self) -> None:
         """Per-type counts (zero unless chosen) and what each type rules out."""
@@ -463,7 +469,6 @@ class PlanSolver:
             ct = self.model.add((den + num) * v + den * self.fixed_mib <= den * cap)
             if enforce is not None:
                 ct.only_enforce_if(enforce)
-            self.phase_mib[f"{label}:{phase}"] = v
 
     # --- memory: serving -----------------------------------------------------------------------
     def _serving_memory(self) -> None:
@@ -617,7 +622,9 @@ class PlanSolver:
             self.model.add(self.n == solver.value(self.n)).only_enforce_if(hold)
             self.model.minimize(self.time.gamma)
             left = max(time_limit - (time.perf_counter() - start), 0.1)
+            self._phase2 = True
             code2, solver2 = self._run(left, workers, (assumptions or []) + [hold])
+            self._phase2 = False
             self.model.minimize(self.lexicographic)
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 solver, timed = solver2, True
@@ -648,9 +655,12 @@ class PlanSolver:
         solver.parameters.cp_model_presolve = False
         solver.parameters.cp_model_probing_level = 0
         # branching on the literals in the order they were made (GPU, layout, ...) with the LP bound,
-        # over a portfolio of 4 workers (even on 2 cores), proved the optimum fastest and most evenly
-        # of the settings tried (default search stalls on some tie-breaks, one fixed worker on others)
-        solver.parameters.search_branching = cp_model.FIXED_SEARCH
+        # over a portfolio of 4 workers (even on 2 cores), proved cost and GPU-count optima and the
+        # throughput tie-break fastest and most evenly of the settings tried; the job cost (a product
+        # of price and time) is proved faster by CP-SAT's default search (benchmarks/planner_speed.py)
+        job = self.inst.objective == "job" and self.tie_break and self.model.proto.objective.vars
+        solver.parameters.search_branching = cp_model.AUTOMATIC_SEARCH if job and not self._phase2 \
+            else cp_model.FIXED_SEARCH
         self.model.clear_assumptions()
         if assumptions:
             self.model.add_assumptions(assumptions)

@@ -1,6 +1,6 @@
 """The coefficient tables against `estimate`: for random strategies, the tables' memory (rounded up
 per term) is never below estimate_memory's and within a few MiB of it; their GPU time per token is
-never below estimate_throughput's and within a few percent of it."""
+never below estimate_throughput's and within 1% plus the rounding of its integer units."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from catalog import default_catalog
 from planner.exhaustive import table_memory, table_time
 from planner.memory import estimate_memory
+from planner.solve_time import FINE, TIME_UNIT
 from planner.speed import estimate_throughput
 from planner.strategy import Strategy, StrategyError, check_against
 
@@ -88,7 +89,8 @@ def test_one_known_configuration():
 @given(configurations())
 def test_time_tables_bound_estimate_throughput(case):
     """GPU-seconds per token by the time tables: never below speed.estimate_throughput's, and within
-    3% of it (every time term is rounded up: 10 us per micro-batch term, 0.1 us per layer, 1 ns per token)."""
+    1% of it plus the rounding of its units (10 us per micro-batch term, 0.1 us per layer and per
+    serving step, 1 ns per token)."""
     m, gpu, fields = case
     try:
         s = Strategy(**fields)
@@ -100,4 +102,10 @@ def test_time_tables_bound_estimate_throughput(case):
     got = table_time(m, gpu, s)
     assert got["ok"]
     assert got["gamma_seconds"] >= estimated * (1 - 1e-9)
-    assert got["gamma_seconds"] <= estimated * 1.03 + 1e-7, (got, estimated)
+    # rounding: each per-micro-batch term goes up by at most one TIME_UNIT (10 us; a serving step by
+    # 0.1 us), repeated grad_accum + pp times, plus the per-step terms; then per GPU and token
+    if s.workload == "serve":
+        slack = 4 * TIME_UNIT / FINE / s.concurrency
+    else:
+        slack = (4 * (s.grad_accum + s.pp) + 6) * TIME_UNIT / (s.micro_batch * s.grad_accum * s.seq_len)
+    assert got["gamma_seconds"] <= estimated * 1.01 + s.tp * s.pp * slack + 2e-8, (got, estimated)

@@ -43,7 +43,7 @@ def instances(draw):
     try:
         return Instance(model=CAT.model(draw(st.sampled_from(MODELS))), workload=workload, gpus=gpus,
                         objective=draw(st.sampled_from(["hourly", "capex", "gpus", "job"])), pins=pins, limits=limits,
-                        **fields)
+                        all_choices=draw(st.sampled_from([False, False, True])), **fields)
     except ValueError:       # a pin that contradicts the workload (e.g. --weights int4 for full)
         return Instance(model=CAT.model("qwen3-0.6b"), workload=workload, gpus=gpus, **fields)
 
@@ -71,5 +71,6 @@ def describe(inst: Instance) -> str:
     gpus = ",".join(a.gpu.name + (f":{a.max_count}" if a.max_count else "") for a in inst.gpus)
     limits = {k: v for k, v in inst.limits.model_dump().items() if v is not None}
     return (f"{inst.model.name} {inst.workload} --gpus {gpus} objective={inst.objective} pins={inst.pins} "
+            f"all_choices={inst.all_choices} "
             f"limits={limits} seq_len={inst.seq_len} global_batch={inst.global_batch} "
             f"total_concurrency={inst.total_concurrency} context={inst.context}")
