@@ -105,6 +105,25 @@ class GpuParams:
         return self.dense_linear + self.expert + self.embed + self.small
 
 
+def unquantized_base_bytes(s: Strategy) -> int:
+    """Bytes per parameter of the frozen pieces quantization leaves alone (embeddings, head, norms)."""
+    return 4 if s.precision in ("fp32", "amp") else 2
+
+
+def first_layer_grad_share(m: ModelArch, s: Strategy, gp: "GpuParams", first_stage: bool) -> float:
+    """Share of this GPU's gradients that do not exist yet while the first layer runs its backward:
+    that layer's trainable parameters and, on the first stage, an untied trained embedding."""
+    if s.is_peft:
+        layer = gp.lora / gp.layers
+        trainable = gp.lora
+        untied = 0.0
+    else:
+        layer = gp.largest_layer
+        trainable = gp.dense_linear + gp.embed + gp.small + gp.expert
+        untied = count_params(m).embedding / s.tp if (first_stage and not m.tie_word_embeddings) else 0.0
+    return (layer + untied) / trainable if trainable else 1.0
+
+
 def stage_layers(m: ModelArch, pp: int) -> int:
     return math.ceil(m.num_hidden_layers / pp)
 
@@ -157,8 +176,7 @@ def _stage_training(m: ModelArch, s: Strategy, first_stage: bool) -> dict[str, d
         sb = state_bytes(s, trainable_adapter=True)
         fw = frozen_weight_bytes(s)
         # quantization applies to linear layers; embeddings, head and norms stay in 16 bit
-        base16 = 4 if s.precision in ("fp32", "amp") else 2
-        frozen_dense = gp.dense_linear * fw + (gp.embed + gp.small) * base16
+        frozen_dense = gp.dense_linear * fw + (gp.embed + gp.small) * unquantized_base_bytes(s)
         weights = shard(frozen_dense, gp.expert * fw, 3) + shard(gp.lora * sb.weight, 0, 3)
         trainable_dense, trainable_expert = gp.lora, 0.0
     else:
@@ -215,10 +233,7 @@ def _stage_training(m: ModelArch, s: Strategy, first_stage: bool) -> dict[str, d
     backward_start = layers_stack + head + loss_bwd + cache
     backward_late = layers_stack + recompute
     last_layer = recompute if s.checkpointing != "none" else per_layer * tokens / s.tp + merged
-    trainable = trainable_dense + trainable_expert
-    untied_embed = count_params(m).embedding / s.tp if (first_stage and not s.is_peft
-                                                        and not m.tie_word_embeddings) else 0.0
-    first_layer_grads = grads * (gp.largest_layer + untied_embed) / trainable if trainable else 0.0
+    first_layer_grads = grads * first_layer_grad_share(m, s, gp, first_stage)
     phases = {
         "forward": {"weights": weights, "gradients": g_live, "optimizer": optim, "activations": forward_act},
         "backward": {"weights": weights, "gradients": g_live, "optimizer": optim,

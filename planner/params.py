@@ -123,5 +123,6 @@ def lora_params_per_layer(m: ModelArch, rank: int, targets: tuple[str, ...], lay
     return n
 
 
+@lru_cache(maxsize=1024)
 def lora_params(m: ModelArch, rank: int, targets: tuple[str, ...]) -> int:
     return sum(lora_params_per_layer(m, rank, targets, i) for i in range(m.num_hidden_layers))

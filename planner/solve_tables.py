@@ -269,14 +269,15 @@ def _keep_last(d: Domains, first: bool, peft: bool) -> np.ndarray:
     """memory._stage_training `backward_last_layer`: the gradients minus the first layer's (and an
     untied embedding's) share, as a fixed-point factor max(0, 1 - share), rounded up."""
     m = d.inst.model
+    workload = d.inst.workload
     out = np.zeros((len(d.lora_rank), len(d.mp_options), len(d.ep_options)), dtype=np.int64)
     for ki, rank in enumerate(d.lora_rank):
         for mi, (tp, pp) in enumerate(d.mp_options):
             for ei, ep in enumerate(d.ep_options):
                 gp = _gpu_params(m, d, tp, pp, ep, rank, first)
-                trainable = gp.lora if peft else gp.dense_linear + gp.embed + gp.small + gp.expert
-                untied = count_params(m).embedding / tp if (first and not peft and not m.tie_word_embeddings) else 0
-                share = (gp.largest_layer + untied) / trainable if trainable else 1.0
+                # the share depends on the workload (trainable set) and tp only
+                probe = Strategy(workload=workload, tp=tp, weights="nf4" if workload == "qlora" else None)
+                share = mem.first_layer_grad_share(m, probe, gp, first)
                 out[ki, mi, ei] = math.ceil(max(0.0, 1 - share) * KEEP_SCALE)
     return out
 
@@ -286,7 +287,7 @@ def _state_coefficients(s: Strategy, peft: bool) -> dict[str, dict[str, float]]:
     if peft:
         sb = mem.state_bytes(s, trainable_adapter=True)
         fw = mem.frozen_weight_bytes(s)
-        base16 = 4 if s.precision in ("fp32", "amp") else 2   # memory._stage_training: unquantized base
+        base16 = mem.unquantized_base_bytes(s)
         return {
             "weights": {"frozen_linear": fw, "frozen_16bit": base16, "lora@3": sb.weight, "zero3_gather": 2 * fw},
             "gradients": {"lora@2": 2 if s.offload else sb.grad},

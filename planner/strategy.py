@@ -126,6 +126,8 @@ class Strategy(BaseModel):
 
 def check_against(model, gpu, s: Strategy) -> None:
     """Choices that contradict the model or the GPU; raises StrategyError with one line."""
+    if s.offload and s.zero == 0:
+        raise StrategyError("--offload needs --zero 1 or more (ZeRO-Offload keeps the optimizer partition on the CPU)")
     heads, kv = model.num_attention_heads, model.num_key_value_heads
     if heads % s.tp:
         raise StrategyError(f"--tp {s.tp} does not divide the {heads} attention heads of {model.name}")
@@ -141,3 +143,5 @@ def check_against(model, gpu, s: Strategy) -> None:
         raise StrategyError(f"--tp {s.tp} must stay inside one node ({gpu.gpus_per_node} x {gpu.name})")
     if gpu is not None and s.precision == "bf16" and s.is_training and gpu.bf16_tflops is None:
         raise StrategyError(f"{gpu.name} has no bf16 support; use --precision fp32 or amp")
+    if gpu is not None and s.precision == "fp8-mixed" and s.is_training and gpu.fp8_tflops is None:
+        raise StrategyError(f"{gpu.name} has no fp8 tensor cores; --precision fp8-mixed needs them")
