@@ -201,18 +201,18 @@ def summary_table(plans, title: str):
                           "-", "-", _status(p))
             continue
         mem = f"{p.memory.total / GIB:.1f} / {p.memory.capacity / GIB:.1f} GiB"
-        tps = p.throughput["tokens_per_s"]
-        job = _money(p.cost["usd_total"])
-        if p.cost.get("job_hours") is not None:
-            job += f" ({p.cost['job_hours']:,.1f} h)"
+        tps = p.throughput.tokens_per_s
+        job = _money(p.cost.usd_total)
+        if p.cost.job_hours is not None:
+            job += f" ({p.cost.job_hours:,.1f} h)"
         label = p.workload if p.rank == 1 else f"{p.workload} #{p.rank}"
-        table.add_row(label, _cluster(p), key_strategy(p.strategy), mem, f"{tps:,.0f}", _money(p.cost["usd_per_hour"]),
+        table.add_row(label, _cluster(p), key_strategy(p.strategy), mem, f"{tps:,.0f}", _money(p.cost.usd_per_hour),
                       job, _status(p))
     return table
 
 
 def render_detail(out, p) -> None:
-    from cli.render import memory_table, strategy_line
+    from cli.render import memory_table, speed_cost_table, strategy_line
 
     s = p.solver
     head = f"[bold]{p.workload}[/bold]" + (f" #{p.rank}" if p.rank > 1 else "")
@@ -226,19 +226,8 @@ def render_detail(out, p) -> None:
     verdict = {"OPTIMAL": "proved optimal", "FEASIBLE": f"best found, bound {s.bound:g} {s.unit}"}.get(s.status, s.status)
     out.print(f"\n{head}: {_cluster(p)}, {s.value:g} {s.unit} ({verdict} in {s.seconds:.2f} s)")
     out.print(strategy_line(p.strategy))
-    t, c = p.throughput, p.cost
-    speed = f"{t['tokens_per_s']:,.0f} tokens/s"
-    if t.get("mfu"):
-        speed += f", MFU {100 * t['mfu']:.0f}%"
-    if t.get("ttft_seconds"):
-        speed += f", TTFT {t['ttft_seconds']:.2f} s, TPOT {1000 * t['tpot_seconds']:.1f} ms"
-    money = f"{_money(c['usd_per_hour'])}/h, capex {_money(c['capex_usd'])}"
-    if c.get("usd_total") is not None:
-        money += f", job of {_tokens(p.parameters['tokens'])} tokens {_money(c['usd_total'])} in {c['job_hours']:,.1f} h"
-    if c.get("usd_per_million_tokens") is not None:
-        money += f", {_money(c['usd_per_million_tokens'])} per million tokens"
-    out.print(f"{speed}; {money}")
     out.print(memory_table(p.memory))
+    out.print(speed_cost_table(p))
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -364,8 +353,8 @@ def _sweep_row(model: str, gpu: str, p) -> dict:
     s = p.strategy
     return {"model": model, "gpu": gpu, "workload": p.workload, "status": p.solver.status,
             "num_gpus": s.num_gpus if s else None, "strategy": key_strategy(s) if s else None,
-            "usd_per_hour": p.cost["usd_per_hour"] if s else None,
-            "tokens_per_s": p.throughput["tokens_per_s"] if s else None,
-            "usd_total": p.cost["usd_total"] if s else None,
+            "usd_per_hour": p.cost.usd_per_hour if s else None,
+            "tokens_per_s": p.throughput.tokens_per_s if s else None,
+            "usd_total": p.cost.usd_total if s else None,
             "memory_gib": round(p.memory.total / GIB, 2) if s else None, "seconds": round(p.solver.seconds, 3)}
 

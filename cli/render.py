@@ -32,7 +32,8 @@ def memory_table(mem: MemoryBreakdown, title: str = "Per-GPU memory") -> Table:
     table.add_row("[bold]total[/bold]", f"[bold]{gib(mem.total)}[/bold]", "")
     verdict = "[green]fits[/green]" if mem.fits else "[red]does not fit[/red]"
     table.add_row("capacity", gib(mem.capacity), verdict)
-    table.caption = f"peak phase: {mem.peak_phase}; allocated (total - overhead): {gib(mem.allocated)} GiB"
+    table.add_row("peak phase", mem.peak_phase, "")
+    table.add_row("allocated", gib(mem.allocated), "no overhead")
     return table
 
 

@@ -11,11 +11,13 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from planner.cost import Cost
 from planner.domains import Instance
 from planner.estimate import ModelInfo, estimate, model_info
 from planner.memory import MemoryBreakdown
 from planner.solve_diagnosis import Diagnosis, diagnose
 from planner.solver import OBJECTIVE_UNITS, PlanSolver
+from planner.speed import Throughput
 from planner.strategy import Strategy
 
 
@@ -41,8 +43,8 @@ class Plan(BaseModel):
     rank: int = Field(1, description="1 = cheapest; 2.. = the next distinct configurations (--top)")
     strategy: Optional[Strategy] = None
     memory: Optional[MemoryBreakdown] = None
-    throughput: Optional[dict] = Field(None, description="planner.speed.Throughput")
-    cost: Optional[dict] = Field(None, description="planner.cost.Cost")
+    throughput: Optional[Throughput] = None
+    cost: Optional[Cost] = None
     parameters: dict = Field(..., description="sequence length, batch, tokens, concurrency, context, limits")
     solver: SolverInfo
 
@@ -83,15 +85,10 @@ def plan(inst: Instance, top: int = 1, time_limit: float = 10.0, workers: int = 
 
 
 def _evaluated(inst: Instance, gpu_name: str, s: Strategy, rank: int, info: SolverInfo) -> Plan:
-    from planner.cost import estimate_cost
-    from planner.speed import estimate_throughput
-
     gpu = next(a.gpu for a in inst.gpus if a.gpu.name == gpu_name)
-    est = estimate(inst.model, gpu, s)
+    est = estimate(inst.model, gpu, s, tokens=inst.tokens)
     if not est.memory.fits:
         raise RuntimeError(f"solver chose a configuration that estimate says does not fit: {gpu_name} {s}")
-    throughput = estimate_throughput(inst.model, gpu, s)
-    cost = estimate_cost(gpu, s, throughput, inst.tokens)
     return Plan(model=est.model, gpu=gpu.name, workload=inst.workload, rank=rank, strategy=est.strategy,
-                memory=est.memory, throughput=throughput.model_dump(), cost=cost.model_dump(),
-                parameters=parameters(inst), solver=info)
+                memory=est.memory, throughput=est.throughput, cost=est.cost, parameters=parameters(inst),
+                solver=info)
