@@ -8,7 +8,7 @@ import sys
 import click
 from pydantic import ValidationError
 
-from catalog import CatalogError, load_catalog
+from catalog import CatalogError
 from cli import options as opt
 from planner.strategy import StrategyError
 
@@ -21,21 +21,7 @@ def _fail(message: str) -> None:
 
 
 def _catalog(catalog_file, prices=()):
-    cat = load_catalog(catalog_file)
-    for item in prices:
-        name, sep, usd = item.partition("=")
-        if not sep or not _is_float(usd):
-            raise CatalogError(f"--price {item}: expected GPU=USD_PER_HOUR, e.g. h100=2.5")
-        cat = cat.with_hourly_price(name, float(usd))
-    return cat
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    return opt.load_catalog_with_prices(catalog_file, prices)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +34,7 @@ def gpuplan():
 @click.option("--gpu", required=True, help="GPU name or alias (see `gpuplan gpus`)")
 @click.option("--tokens", type=click.FloatRange(min=0, min_open=True), default=None,
               help="training tokens of the job, for its duration and price (e.g. 1e9)")
-@click.option("--price", "prices", multiple=True, metavar="GPU=USD_PER_HOUR",
-              help="override a GPU's hourly price (repeatable)")
+@opt.price_option
 @opt.strategy_options()
 def estimate(model, catalog_file, as_json, gpu, tokens, prices, **flags):
     """Evaluate one fully specified configuration: per-GPU memory by term, speed and cost."""

@@ -78,3 +78,25 @@ def common_options(fn):
                       help="extra catalog TOML (add GPUs/models, override prices)")(fn)
     fn = click.option("--model", required=True, help="catalog name/alias or path to a config.json")(fn)
     return functools.wraps(fn)(fn)
+
+
+def price_option(fn):
+    return click.option("--price", "prices", multiple=True, metavar="GPU=USD_PER_HOUR",
+                        help="override a GPU's hourly price (repeatable)")(fn)
+
+
+def load_catalog_with_prices(catalog_file, prices=()):
+    """The catalog, plus the user's TOML file, plus --price overrides."""
+    from catalog import CatalogError, load_catalog
+
+    cat = load_catalog(catalog_file)
+    for item in prices:
+        name, sep, usd = item.partition("=")
+        try:
+            value = float(usd)
+        except ValueError:
+            value = None
+        if not sep or value is None:
+            raise CatalogError(f"--price {item}: expected GPU=USD_PER_HOUR, e.g. h100=2.5")
+        cat = cat.with_hourly_price(name, value)
+    return cat

@@ -234,6 +234,7 @@ def render_detail(out, p) -> None:
 
 def _common(fn):
     fn = click.option("--json", "as_json", is_flag=True, help='print one JSON document {"plans": [...]}')(fn)
+    fn = opt.price_option(fn)
     fn = click.option("--catalog", "catalog_file", type=click.Path(path_type=Path),
                       help="extra catalog TOML (add GPUs/models, override prices)")(fn)
     return fn
@@ -248,12 +249,11 @@ def _common(fn):
 @_common
 @_question_options
 @_pin_options
-def plan(model, gpus, top, catalog_file, as_json, time_limit, **flags):
+def plan(model, gpus, top, catalog_file, prices, as_json, time_limit, **flags):
     """The cheapest cluster and configuration for each workload, proved by CP-SAT (or diagnosed)."""
-    from catalog import load_catalog
     from planner.solve_plan import plan as solve
 
-    cat = load_catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file, prices)
     workloads = flags.pop("workloads")
     instances = build_instances(cat, model, gpus, workloads, flags)
     plans = [p for inst in instances for p in solve(inst, top=top, time_limit=time_limit)]
@@ -280,14 +280,13 @@ def plan(model, gpus, top, catalog_file, as_json, time_limit, **flags):
 @click.option("--jobs", type=opt.POSITIVE, default=None, help="processes [default: CPU count]")
 @_common
 @_question_options
-def sweep(models, gpus, as_csv, jobs, catalog_file, as_json, time_limit, **flags):
+def sweep(models, gpus, as_csv, jobs, catalog_file, prices, as_json, time_limit, **flags):
     """For each model, GPU and workload: the cheapest plan (one CP-SAT model per cell)."""
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from catalog import load_catalog
 
-    cat = load_catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file, prices)
     workloads = flags.pop("workloads") or WORKLOADS
     archs = [cat.model(m) for m in models] if models else cat.qwen3_models()
     allowances = parse_gpus(cat, gpus)
@@ -300,7 +299,8 @@ def sweep(models, gpus, as_csv, jobs, catalog_file, as_json, time_limit, **flags
     with Progress(transient=True, disable=as_json or as_csv or not sys.stderr.isatty()) as progress, \
             ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         task = progress.add_task("planning", total=len(cells))
-        futures = {pool.submit(_sweep_cell, catalog_file, cell, flags, time_limit): cell for cell in cells}
+        futures = {pool.submit(_sweep_cell, catalog_file, prices, cell, flags, time_limit): cell
+                   for cell in cells}
         for future in as_completed(futures):
             rows[futures[future]] = future.result()
             progress.advance(task)
@@ -333,13 +333,12 @@ def sweep(models, gpus, as_csv, jobs, catalog_file, as_json, time_limit, **flags
     console().print(table)
 
 
-def _sweep_cell(catalog_file, cell: tuple, flags: dict, time_limit: float) -> dict:
+def _sweep_cell(catalog_file, prices: tuple, cell: tuple, flags: dict, time_limit: float) -> dict:
     """One cell, in a worker process: its cheapest plan (no diagnosis: a sweep reports the status)."""
-    from catalog import load_catalog
     from planner.solve_plan import plan as solve
 
     model, gpus, workload = cell
-    cat = load_catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file, prices)
     inst = build_instances(cat, model, gpus, (workload,), flags)[0]
     p = solve(inst, top=1, time_limit=time_limit, workers=2, diagnose_infeasible=False)[0]
     return _sweep_row(model, inst.gpus[0].gpu.name, p)
