@@ -33,6 +33,8 @@ def memory_table(mem: MemoryBreakdown, title: str = "Per-GPU memory") -> Table:
     verdict = "[green]fits[/green]" if mem.fits else "[red]does not fit[/red]"
     table.add_row("capacity", gib(mem.capacity), verdict)
     table.add_row("peak phase", mem.peak_phase, "")
+    if mem.host_offload_per_node:
+        table.add_row("CPU RAM per node", gib(mem.host_offload_per_node), "for --offload")
     table.add_row("allocated", gib(mem.allocated), "no overhead")
     return table
 

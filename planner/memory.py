@@ -41,6 +41,9 @@ class MemoryBreakdown(BaseModel):
     fits: bool = Field(..., description="total <= capacity")
     peak_phase: str = Field(..., description="phase of the peak: forward, backward, optimizer, prefill or decode")
     phases: dict[str, int] = Field(..., description="allocated bytes (total minus overhead) at each phase's peak")
+    host_offload_per_node: int = Field(0, description="CPU memory per node that --offload needs (fp32 master "
+                                                         "weights, optimizer states and fp32 gradients); not checked "
+                                                         "against the node's RAM, which the catalog does not know")
 
     @property
     def allocated(self) -> int:
@@ -247,6 +250,22 @@ def _stage_training(m: ModelArch, s: Strategy, first_stage: bool) -> dict[str, d
     return phases
 
 
+def offload_host_bytes_per_gpu(m: ModelArch, s: Strategy) -> float:
+    """CPU memory one GPU's offloaded optimizer partition needs: fp32 master weights, optimizer states
+    and an fp32 gradient buffer per trained parameter of its ZeRO shard (ZeRO-Offload, Ren et al. 2021)."""
+    if not s.offload:
+        return 0.0
+    gp = gpu_params(m, s)
+    sb = state_bytes(s, trainable_adapter=s.is_peft)
+    per_param = max(sb.master, 4) + sb.states + 4
+    if s.is_peft:
+        return per_param * gp.lora / (s.dp if s.zero >= 1 else 1)
+    dense = gp.dense_linear + gp.embed + gp.small
+    if s.zero >= 1:
+        return per_param * (dense / s.dp + gp.expert / max(s.dp // s.ep, 1))
+    return per_param * (dense + gp.expert)
+
+
 def training_memory(m: ModelArch, gpu: GpuSpec, s: Strategy) -> MemoryBreakdown:
     stages = [_stage_training(m, s, first_stage=True)]
     if s.pp > 1:
@@ -261,7 +280,10 @@ def training_memory(m: ModelArch, gpu: GpuSpec, s: Strategy) -> MemoryBreakdown:
             if best is None or total > best[0]:
                 best = (total, label, terms)
     _, phase, terms = best
-    return _breakdown(terms, phase, phase_totals, gpu.memory_bytes, s)
+    out = _breakdown(terms, phase, phase_totals, gpu.memory_bytes, s)
+    gpus_in_node = min(s.num_gpus, gpu.gpus_per_node)
+    out.host_offload_per_node = int(math.ceil(offload_host_bytes_per_gpu(m, s) * gpus_in_node))
+    return out
 
 
 def _breakdown(terms: dict, phase: str, phase_totals: dict, capacity: int, s: Strategy) -> MemoryBreakdown:
