@@ -104,3 +104,14 @@ def test_terms_sum_to_total_and_serving_respects_utilization_cap():
     terms = ("weights", "gradients", "optimizer", "activations", "kv_cache", "overhead")
     assert sum(getattr(mem, t) for t in terms) == mem.total
     assert mem.capacity == int(g.memory_bytes * 0.9)
+
+
+def test_offload_host_memory_matches_deepspeed_estimator():
+    # DeepSpeed estimate_zero2_model_states_mem_needs(cpu_offload=True): CPU memory of a node is
+    # params * max(4 * gpus_per_node, 16) * additional_buffer_factor; without the 1.5 buffer and with
+    # 8 GPUs per node that is 16 (not 32 = 4 * 8, which is the fp32 model PyTorch first builds on CPU)
+    # bytes per parameter for the offloaded fp32 master, Adam states and fp32 gradients of the node.
+    m, g = CAT.model("qwen3-8b"), CAT.gpu("h100")
+    mem = estimate_memory(m, g, Strategy(num_gpus=8, zero=2, offload=True, seq_len=1024))
+    assert mem.host_offload_per_node == pytest.approx(16 * count_params(m).total, rel=1e-3)
+    assert mem.optimizer == 0
