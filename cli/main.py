@@ -20,10 +20,6 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def _catalog(catalog_file, prices=()):
-    return opt.load_catalog_with_prices(catalog_file, prices)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def gpuplan():
     """Find the cheapest GPU cluster that can train, fine-tune or serve an LLM, and prove it."""
@@ -42,7 +38,7 @@ def estimate(model, catalog_file, as_json, gpu, tokens, prices, **flags):
 
     from cli.render import console, memory_table, speed_cost_table, strategy_line
 
-    cat = _catalog(catalog_file, prices)
+    cat = opt.load_catalog_with_prices(catalog_file, prices)
     arch, spec = cat.model(model), cat.gpu(gpu)
     result = run_estimate(arch, spec, opt.build_strategy(flags), tokens=tokens)
     if as_json:
@@ -66,7 +62,7 @@ def trace(model, catalog_file, as_json, layers, **flags):
     from planner import trace as tracing
     from planner.memory import estimate_memory
 
-    cat = _catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file)
     arch = cat.model(model)
     strategy = opt.build_strategy(flags)
     try:
@@ -111,7 +107,7 @@ def models(show_all, catalog_file, as_json):
     from cli.render import console
     from planner.params import count_params
 
-    cat = _catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file)
     chosen = list(cat.models.values()) if show_all else cat.qwen3_models()
     rows = [{"name": m.name, "aliases": list(m.aliases), "params_total": count_params(m).total,
              "params_active": count_params(m).active, "layers": m.num_hidden_layers,
@@ -137,7 +133,7 @@ def gpus(catalog_file, as_json):
     from rich.table import Table
 
     from cli.render import console
-    cat = _catalog(catalog_file)
+    cat = opt.load_catalog_with_prices(catalog_file)
     if as_json:
         click.echo(json.dumps([g.model_dump() for g in cat.gpus.values()], indent=2))
         return

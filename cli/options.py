@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import get_args
 
@@ -76,8 +75,7 @@ def common_options(fn):
     fn = click.option("--json", "as_json", is_flag=True, help="print one JSON object")(fn)
     fn = click.option("--catalog", "catalog_file", type=click.Path(path_type=Path),
                       help="extra catalog TOML (add GPUs/models, override prices)")(fn)
-    fn = click.option("--model", required=True, help="catalog name/alias or path to a config.json")(fn)
-    return functools.wraps(fn)(fn)
+    return click.option("--model", required=True, help="catalog name/alias or path to a config.json")(fn)
 
 
 def price_option(fn):
