@@ -16,6 +16,7 @@ from catalog.schema import ModelArch
 from planner.strategy import Strategy
 
 FP32 = 4
+FUSED_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss default num_output_chunks
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,6 @@ def loss_bytes_per_token(m: ModelArch, s: Strategy) -> tuple[float, float]:
     if s.loss == "fused":
         return forward / FUSED_CHUNKS, backward / FUSED_CHUNKS
     return forward, backward
-
-
-FUSED_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss default num_output_chunks
 
 
 def head_grad_partials(s: Strategy) -> tuple[int, int, int]:
