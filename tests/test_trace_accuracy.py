@@ -42,6 +42,12 @@ CASES = [  # model, layers, strategy
     ("qwen3-30b", 2, dict(precision="bf16", micro_batch=2, seq_len=2048, optimizer="sgd")),
     ("qwen3-30b", 2, dict(workload="lora", micro_batch=1, seq_len=1024)),
     ("qwen3-30b", 2, dict(workload="lora", precision="bf16", micro_batch=1, seq_len=2048, checkpointing="full")),
+    # serving, dense, with all prompt tokens inside one prefill chunk (the estimate sizes the prefill
+    # workspace for an 8k-token chunk, transformers prefills the whole batch at once). MoE prefill is
+    # not compared: transformers loops over experts, serving engines run fused MoE kernels.
+    ("qwen3-0.6b", 2, dict(workload="serve", concurrency=2, context=2048)),
+    ("qwen3-0.6b", 4, dict(workload="serve", concurrency=4, context=2048)),
+    ("qwen3-8b", 2, dict(workload="serve", concurrency=1, context=8192)),
 ]
 
 
