@@ -50,9 +50,10 @@ PLAN_DEFAULTS: dict[str, dict[str, float]] = {
     "serve": {"total_concurrency": 32, "context": 4096, "tokens": 1e9},
 }
 
-# Default policy: choices that change the trained model or the served answers (numerics, rank)
-# or need a non-default library are narrowed to the conventional value. The planner reports them
-# as restrictions; a pin widens them, and a diagnosis may suggest releasing one.
+# Default policy: choices that change the trained model or the served answers (numerics, rank),
+# need a non-default library, or depend on what the catalog does not know (CPU offload needs host
+# RAM per node, which no catalog entry states) are narrowed to the conventional value. The planner
+# reports them as restrictions; a pin widens them, and a diagnosis may suggest releasing one.
 DEFAULT_POLICY: dict[str, dict[str, tuple]] = {
     "precision": {"pretrain": ("bf16-mixed", "amp", "fp32"), "full": ("bf16-mixed", "amp", "fp32"),
                   "lora": ("bf16-mixed", "amp", "fp32"), "qlora": ("bf16-mixed", "fp32")},
@@ -61,6 +62,7 @@ DEFAULT_POLICY: dict[str, dict[str, tuple]] = {
     "lora_rank": {"lora": (16,), "qlora": (16,)},
     "weights": {"qlora": ("nf4",), "serve": ("bf16",)},
     "kv_cache": {"serve": ("bf16",)},
+    "offload": {w: (False,) for w in ("pretrain", "full", "lora", "qlora")},
 }
 
 
