@@ -23,14 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _command(*args: str) -> list[str]:
-    """`gpuplan plan|sweep ...` through cli.main (the `plan` console script is `gpuplan plan`)."""
-    from cli.main import gpuplan
-    if args[0] in gpuplan.commands:
-        return [sys.executable, "-m", "cli.main", *args]
-    # not registered yet: the same commands through cli.main's error wrapper
-    code = (f"import sys; from cli.main import _run; from cli.plan_cmd import {args[0]}; "
-            f"_run({args[0]}, sys.argv[1:])")
-    return [sys.executable, "-c", code, *args[1:]]
+    """`gpuplan plan|sweep ...` as a fresh process (the `plan` console script is `gpuplan plan`)."""
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def wall(cmd: list[str]) -> float:

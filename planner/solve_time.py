@@ -163,7 +163,7 @@ def _training_time(d: Domains, t: Tables, gpu, cal) -> TrainingTime:
                                                         * PARAM_UNIT / hbm) for r in d.regimes], dtype=np.int64)
     node = gpu.gpus_per_node
     widest = max(a.gpu.gpus_per_node for a in d.gpus)   # same shape for every GPU type (padded)
-    offload_rate = np.array([rate(PARAM_UNIT * (2 / (gpu.host_gbps * 1e9) + min(k, node) * cal.cpu_adam_seconds_per_param))
+    offload_rate = np.array([rate(PARAM_UNIT * speed.offload_seconds_per_param(gpu, min(k, node), cal))
                              for k in range(1, widest + 1)], dtype=np.int64)
     return TrainingTime(layer_compute, layer_comm, head, weight_prep, pp_send, pp_rate,
                         units(2 * cal.collective_latency_s), dp_rate, dp_expert_rate, units(cal.collective_latency_s),

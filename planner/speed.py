@@ -419,11 +419,14 @@ def offload_seconds(m: ModelArch, gpu: GpuSpec, s: Strategy, cal: Calibration | 
     node share (memory-bound on host DRAM: cpu_adam_seconds_per_param per parameter)."""
     if not s.offload:
         return 0.0
-    cal = cal or calibration()
-    n = trainable_on_gpu(m, s)
-    pcie = n * 2 / (gpu.host_gbps * 1e9)
-    per_node = min(s.num_gpus, gpu.gpus_per_node)
-    return pcie + n * per_node * cal.cpu_adam_seconds_per_param
+    gpus_in_node = min(s.num_gpus, gpu.gpus_per_node)
+    return trainable_on_gpu(m, s) * offload_seconds_per_param(gpu, gpus_in_node, cal or calibration())
+
+
+def offload_seconds_per_param(gpu: GpuSpec, gpus_in_node: int, cal: Calibration) -> float:
+    """Seconds per offloaded parameter of one GPU: 2 bytes each way over PCIe, plus its share of the
+    node's CPU Adam step (the node's GPUs update their partitions on the same host)."""
+    return 2 / (gpu.host_gbps * 1e9) + gpus_in_node * cal.cpu_adam_seconds_per_param
 
 
 def bubble_fraction(pp: int, microbatches: int) -> float:
